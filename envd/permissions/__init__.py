@@ -1,0 +1,1 @@
+"""Who a request acts as: Linux users, Basic-auth, path expansion."""

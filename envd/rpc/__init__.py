@@ -1,0 +1,1 @@
+"""Glue between the ASGI stack and the Connect services: codecs, request context, errors."""

@@ -1,0 +1,1 @@
+"""The Connect services: `process.Process` and `filesystem.Filesystem`."""
