@@ -1,0 +1,43 @@
+"""`commands.run("true")` through the e2b SDK vs spawning `/bin/bash -l -c true` directly.
+
+Goal (issue 2): SDK round trip minus direct spawn <= 1.5 ms at p50.
+
+    .venv/bin/python -m bench.process_run [runs]
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from bench.common import summary, time_calls
+from tests.daemon import Daemon
+
+
+def main() -> None:
+    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+    with Daemon() as daemon:
+        os.environ["E2B_DEBUG"] = "true"
+        os.environ["E2B_SANDBOX_URL"] = daemon.url
+        from e2b import Sandbox  # noqa: PLC0415  # reads the environment at import
+
+        sandbox = Sandbox.create()
+        base = summary(
+            "baseline: subprocess bash -l -c true",
+            time_calls(lambda: subprocess.run(["/bin/bash", "-l", "-c", "true"], check=True), runs),
+        )
+        sdk = summary(
+            'envd: sandbox.commands.run("true")',
+            time_calls(lambda: sandbox.commands.run("true"), runs),
+        )
+    overhead = sdk["p50_ms"] - base["p50_ms"]
+    print(
+        f"overhead p50 = {overhead:.2f} ms (goal <= 1.5 ms); "
+        f"ratio p50 = {sdk['p50_ms'] / base['p50_ms']:.2f}x, "
+        f"p99 = {sdk['p99_ms'] / base['p99_ms']:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
