@@ -8,6 +8,7 @@ run them in a worker thread (one thread call per operation, not per entry).
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 
@@ -23,6 +24,7 @@ METADATA_PREFIX = "user.e2b."
 _PERM_CHARS = "rwxrwxrwx"
 
 
+@functools.lru_cache(maxsize=256)
 def go_mode_string(st_mode: int) -> str:
     """The permission string Go prints (`dtrwxrwxrwx`, `Lrwxrwxrwx`, `Dcrw-rw-rw-`)."""
     fmt = stat.S_IFMT(st_mode)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
-from envd.permissions.paths import go_dir, go_join
+from envd.permissions.paths import go_clean, go_dir
 from envd.permissions.users import User
 from envd.services.filesystem.dirs import EnsureDirsError, UserIdError, ensure_dirs, user_ids
 from envd.services.filesystem.entry import EntryInfo, IdNames, entry_info
@@ -151,6 +151,8 @@ def list_dir(requested: str, depth: int) -> list[EntryInfo]:
 
     names = IdNames()
     entries: list[EntryInfo] = []
+    # Walked names are plain components, so cleaning the prefix once is enough.
+    prefix = go_clean(requested).rstrip("/") + "/"
 
     def failed(text: str) -> ConnectError:
         return ConnectError(Code.INTERNAL, f"error reading directory {canonical}: {text}")
@@ -184,7 +186,7 @@ def list_dir(requested: str, depth: int) -> list[EntryInfo]:
             ) from e
         except ValueError:
             continue  # a name that is not UTF-8 cannot travel in a proto string
-        info.path = go_join(requested, rel)
+        info.path = prefix + rel
         entries.append(info)
         # Never descend through a link (its permission string starts with `L`).
         if level < depth and info.permissions.startswith("d"):

@@ -16,9 +16,13 @@ from envd.gen.filesystem import filesystem_pb2 as pb
 from envd.gen.filesystem.filesystem_connect import Filesystem
 from envd.permissions.paths import PathError, expand_and_resolve
 from envd.permissions.users import User, UserLookupError, lookup_user
+from envd.rpc.codec import FAST_ENCODERS
 from envd.rpc.context import request_state
 from envd.services.filesystem import operations
 from envd.services.filesystem.watch import FilesystemEvent, Watcher
+from envd.services.filesystem.wire import encode_list_dir
+
+FAST_ENCODERS[pb.ListDirResponse] = encode_list_dir
 
 DEFAULT_KEEPALIVE_S = 90.0
 # Batches (one per inotify read) waiting for a slow stream client; past this
