@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os.path
-
 from envd.permissions.users import User
 
 
@@ -11,12 +9,46 @@ class PathError(Exception):
     pass
 
 
+def go_clean(path: str) -> str:
+    """Go's `filepath.Clean`: like `posixpath.normpath`, but `//a` becomes `/a`."""
+    if not path:
+        return "."
+    rooted = path.startswith("/")
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts and parts[-1] != "..":
+                parts.pop()
+            elif not rooted:
+                parts.append(part)
+            continue
+        parts.append(part)
+    joined = "/".join(parts)
+    if rooted:
+        return "/" + joined
+    return joined or "."
+
+
+def go_dir(path: str) -> str:
+    """Go's `filepath.Dir`: everything before the last `/`, cleaned."""
+    return go_clean(path[: path.rfind("/") + 1])
+
+
+def go_join(*elems: str) -> str:
+    """Go's `filepath.Join`: non-empty elements joined with `/`, then cleaned."""
+    joined = "/".join(e for e in elems if e)
+    return go_clean(joined) if joined else ""
+
+
 def expand_tilde(path: str, user: User) -> str:
     if not path or path[0] != "~":
         return path
     if len(path) > 1 and path[1] not in "/\\":
         raise PathError("cannot expand user-specific home dir")
-    return os.path.join(user.home, path[2:]) if len(path) > 1 else user.home
+    # `~\x` keeps the backslash as part of a name: upstream joins `\x` to home.
+    return go_join(user.home, path[1:])
 
 
 def expand_and_resolve(path: str, user: User, default_path: str | None = None) -> str:
@@ -30,6 +62,6 @@ def expand_and_resolve(path: str, user: User, default_path: str | None = None) -
         path = expand_tilde(path, user)
     except PathError as e:
         raise PathError(f"failed to expand path '{path}' for user '{user.name}': {e}") from None
-    if os.path.isabs(path):
+    if path.startswith("/"):
         return path
-    return os.path.normpath(os.path.join(user.home, path))
+    return go_join(user.home, path)

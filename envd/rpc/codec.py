@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from connectrpc.codec import Codec
@@ -21,6 +22,9 @@ from google.protobuf.message import Message
 from envd.gen.process import process_pb2
 
 M = TypeVar("M", bound=Message)
+
+# Hand-built encoders for bulky messages, registered by their service modules.
+FAST_ENCODERS: dict[type[Message], Callable[[Any], bytes]] = {}
 
 _EVENT_WRAPPERS = (process_pb2.StartResponse, process_pb2.ConnectResponse)
 _DATA_PREFIX = {
@@ -34,6 +38,9 @@ class CompactJSONCodec(Codec[Message, Any]):
         return "json"
 
     def encode(self, message: Message) -> bytes:
+        fast = FAST_ENCODERS.get(type(message))
+        if fast is not None:
+            return fast(message)
         if type(message) in _EVENT_WRAPPERS:
             event = message.event  # type: ignore[attr-defined]
             if event.WhichOneof("event") == "data":

@@ -1,14 +1,246 @@
-"""`filesystem.Filesystem`: every RPC answers `unimplemented` until the filesystem issue lands."""
+"""`filesystem.Filesystem`: thin Connect handlers over operations.py and watch.py."""
 
 from __future__ import annotations
 
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from connectrpc.request import RequestContext
+
 from envd.execcontext import ExecContext
+from envd.gen.filesystem import filesystem_pb2 as pb
 from envd.gen.filesystem.filesystem_connect import Filesystem
+from envd.permissions.paths import PathError, expand_and_resolve
+from envd.permissions.users import User, UserLookupError, lookup_user
+from envd.rpc.codec import FAST_ENCODERS
+from envd.rpc.context import request_state
+from envd.services.filesystem import operations
+from envd.services.filesystem.watch import FilesystemEvent, Watcher
+from envd.services.filesystem.wire import encode_list_dir
+
+FAST_ENCODERS[pb.ListDirResponse] = encode_list_dir
+
+DEFAULT_KEEPALIVE_S = 90.0
+# Batches (one per inotify read) waiting for a slow stream client; past this
+# the watcher stops reading and the kernel queue takes the rest.
+STREAM_QUEUE_BATCHES = 16
+# Unfetched events one polling watcher may hold (upstream: unbounded).
+POLL_BUFFER_LIMIT = 65_536
+WATCHER_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz1234567890"
+
+
+def keepalive_interval(value: str | None) -> float:
+    """`Keepalive-Ping-Interval` in seconds; absent, garbage or ≤ 0 → 90 s."""
+    try:
+        seconds = int((value or "").strip())
+    except ValueError:
+        return DEFAULT_KEEPALIVE_S
+    return float(seconds) if seconds > 0 else DEFAULT_KEEPALIVE_S
+
+
+def new_watcher_id() -> str:
+    return "w" + "".join(secrets.choice(WATCHER_ID_ALPHABET) for _ in range(20))
+
+
+class PolledWatcher:
+    """A CreateWatcher watcher: events buffered until GetWatcherEvents drains them."""
+
+    def __init__(self) -> None:
+        self.events: list[FilesystemEvent] = []
+        self.error: str | None = None
+        self.watcher: Watcher | None = None
+
+    async def add(self, events: list[FilesystemEvent]) -> None:
+        if self.error is not None:
+            return
+        if len(self.events) + len(events) > POLL_BUFFER_LIMIT:
+            self.fail(
+                f"watcher error: event buffer overflow: more than {POLL_BUFFER_LIMIT} events "
+                "were not fetched; remove this watcher and create a new one"
+            )
+            if self.watcher is not None:
+                self.watcher.close()
+            return
+        self.events.extend(events)
+
+    def fail(self, message: str) -> None:
+        # As upstream: once failed, every poll reports the error and events are gone.
+        self.error = message
+        self.events = []
 
 
 class FilesystemService(Filesystem):
     def __init__(self, exec_ctx: ExecContext) -> None:
         self.exec_ctx = exec_ctx
+        self._polled: dict[str, PolledWatcher] = {}
+        self._streams: set[Watcher] = set()
 
     async def close(self) -> None:
-        pass
+        """Stop every watcher and release every inotify instance (daemon shutdown)."""
+        for polled in self._polled.values():
+            if polled.watcher is not None:
+                polled.watcher.close()
+        self._polled.clear()
+        for watcher in self._streams:
+            watcher.close()
+        self._streams.clear()
+
+    # -- request plumbing --
+
+    def _user(self) -> User:
+        user = request_state().user
+        if user is not None:
+            return user
+        name = self.exec_ctx.default_user
+        if not name:
+            raise ConnectError(Code.UNAUTHENTICATED, "no user specified")
+        try:
+            return lookup_user(name)
+        except UserLookupError:
+            raise ConnectError(Code.UNAUTHENTICATED, f"invalid default user: '{name}'") from None
+
+    def _resolve(self, path: str, user: User) -> str:
+        try:
+            return expand_and_resolve(path, user, self.exec_ctx.default_workdir)
+        except PathError as e:
+            raise ConnectError(Code.INVALID_ARGUMENT, str(e)) from None
+
+    # -- unary --
+
+    async def stat(self, request: pb.StatRequest, ctx: RequestContext) -> pb.StatResponse:
+        path = self._resolve(request.path, self._user())
+        entry = await asyncio.to_thread(operations.stat_entry, path)
+        return pb.StatResponse(entry=entry)
+
+    async def make_dir(self, request: pb.MakeDirRequest, ctx: RequestContext) -> pb.MakeDirResponse:
+        user = self._user()
+        path = self._resolve(request.path, user)
+        entry = await asyncio.to_thread(operations.make_dir, path, user)
+        return pb.MakeDirResponse(entry=entry)
+
+    async def move(self, request: pb.MoveRequest, ctx: RequestContext) -> pb.MoveResponse:
+        user = self._user()
+        source = self._resolve(request.source, user)
+        destination = self._resolve(request.destination, user)
+        entry = await asyncio.to_thread(operations.move, source, destination, user)
+        return pb.MoveResponse(entry=entry)
+
+    async def list_dir(self, request: pb.ListDirRequest, ctx: RequestContext) -> pb.ListDirResponse:
+        path = self._resolve(request.path, self._user())
+        entries = await asyncio.to_thread(operations.list_dir, path, request.depth)
+        return pb.ListDirResponse(entries=entries)
+
+    async def remove(self, request: pb.RemoveRequest, ctx: RequestContext) -> pb.RemoveResponse:
+        path = self._resolve(request.path, self._user())
+        await asyncio.to_thread(operations.remove, path)
+        return pb.RemoveResponse()
+
+    # -- watching --
+
+    async def watch_dir(
+        self, request: pb.WatchDirRequest, ctx: RequestContext
+    ) -> AsyncIterator[pb.WatchDirResponse]:
+        path = self._resolve(request.path, self._user())
+        interval = keepalive_interval(ctx.request_headers.get("keepalive-ping-interval"))
+        remaining_ms = ctx.timeout_ms
+        deadline = None if remaining_ms is None else time.monotonic() + remaining_ms / 1000
+        queue: asyncio.Queue[list[FilesystemEvent]] = asyncio.Queue(STREAM_QUEUE_BATCHES)
+        loop = asyncio.get_running_loop()
+        failure: asyncio.Future[str] = loop.create_future()
+
+        def on_error(message: str) -> None:
+            if not failure.done():
+                failure.set_result(message)
+
+        watcher = await Watcher.open(
+            path,
+            recursive=request.recursive,
+            include_entry=request.include_entry,
+            allow_network_mounts=request.allow_network_mounts,
+            sink=queue.put,
+            on_error=on_error,
+        )
+        self._streams.add(watcher)
+        disconnected = asyncio.ensure_future(request_state().disconnected.wait())
+        getter: asyncio.Future[list[FilesystemEvent]] | None = None
+        try:
+            yield pb.WatchDirResponse(start=pb.WatchDirResponse.StartEvent())
+            while True:
+                timeout = interval
+                if deadline is not None:
+                    timeout = min(timeout, deadline - time.monotonic())
+                    if timeout <= 0:
+                        raise ConnectError(Code.DEADLINE_EXCEEDED, "context deadline exceeded")
+                if getter is None:
+                    getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait(
+                    {getter, failure, disconnected},
+                    timeout=timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if getter in done:
+                    batch, getter = getter.result(), None
+                    for event in batch:
+                        yield pb.WatchDirResponse(filesystem=event)
+                    continue
+                if failure in done:
+                    # Deliver what was derived before the failure, then end.
+                    while not queue.empty():
+                        for event in queue.get_nowait():
+                            yield pb.WatchDirResponse(filesystem=event)
+                    raise ConnectError(Code.INTERNAL, failure.result())
+                if disconnected in done:
+                    return
+                if deadline is None or time.monotonic() < deadline:
+                    yield pb.WatchDirResponse(keepalive=pb.WatchDirResponse.KeepAlive())
+        finally:
+            watcher.close()
+            self._streams.discard(watcher)
+            disconnected.cancel()
+            if getter is not None:
+                getter.cancel()
+
+    async def create_watcher(
+        self, request: pb.CreateWatcherRequest, ctx: RequestContext
+    ) -> pb.CreateWatcherResponse:
+        path = self._resolve(request.path, self._user())
+        polled = PolledWatcher()
+        polled.watcher = await Watcher.open(
+            path,
+            recursive=request.recursive,
+            include_entry=request.include_entry,
+            allow_network_mounts=request.allow_network_mounts,
+            sink=polled.add,
+            on_error=polled.fail,
+        )
+        watcher_id = new_watcher_id()
+        self._polled[watcher_id] = polled
+        return pb.CreateWatcherResponse(watcher_id=watcher_id)
+
+    def _polled_watcher(self, watcher_id: str) -> PolledWatcher:
+        polled = self._polled.get(watcher_id)
+        if polled is None:
+            raise ConnectError(Code.NOT_FOUND, f"watcher with id {watcher_id} not found")
+        return polled
+
+    async def get_watcher_events(
+        self, request: pb.GetWatcherEventsRequest, ctx: RequestContext
+    ) -> pb.GetWatcherEventsResponse:
+        polled = self._polled_watcher(request.watcher_id)
+        if polled.error is not None:
+            raise ConnectError(Code.INTERNAL, polled.error)
+        events, polled.events = polled.events, []
+        return pb.GetWatcherEventsResponse(events=events)
+
+    async def remove_watcher(
+        self, request: pb.RemoveWatcherRequest, ctx: RequestContext
+    ) -> pb.RemoveWatcherResponse:
+        polled = self._polled_watcher(request.watcher_id)
+        del self._polled[request.watcher_id]
+        if polled.watcher is not None:
+            polled.watcher.close()
+        return pb.RemoveWatcherResponse()
