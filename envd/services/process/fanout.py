@@ -26,6 +26,10 @@ QUEUE_LIMIT: Final = 8 << 20
 RESUME_LEVEL: Final = QUEUE_LIMIT // 2
 # How long one full subscriber may hold up the others.
 STALL_LIMIT: Final = 5.0
+# Chunks still queued for a subscriber are merged up to this size: a stream
+# that falls behind then sends fewer, larger events (per-event cost dominates
+# bulk output), far below the 4 MiB Connect message limit.
+MERGE_LIMIT: Final = 512 << 10
 
 
 class _Keepalive:
@@ -37,6 +41,14 @@ KEEPALIVE: Final = _Keepalive()
 # A data item is (member, bytes) with member "stdout", "stderr" or "pty".
 Data = tuple[str, bytes]
 Item = Data | ExitStatus | _Keepalive
+
+
+class _Chunk:
+    __slots__ = ("data", "member")
+
+    def __init__(self, member: str, data: bytes | bytearray) -> None:
+        self.member = member
+        self.data = data
 
 
 class Subscriber:
@@ -55,7 +67,7 @@ class Subscriber:
     def __init__(self, fanout: Fanout, keepalive_s: float) -> None:
         self._fanout = fanout
         self._loop = fanout.loop
-        self._items: deque[Data | ExitStatus] = deque()
+        self._items: deque[_Chunk | ExitStatus] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._error: ConnectError | None = None
         self._keepalive_s = keepalive_s
@@ -66,10 +78,22 @@ class Subscriber:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def push(self, item: Data | ExitStatus) -> None:
-        self._items.append(item)
-        if type(item) is tuple:
-            self.queued += len(item[1])
+    def push_data(self, member: str, data: bytes) -> None:
+        items = self._items
+        if items:
+            tail = items[-1]
+            if type(tail) is _Chunk and tail.member == member and len(tail.data) < MERGE_LIMIT:
+                if type(tail.data) is bytes:
+                    tail.data = bytearray(tail.data)
+                tail.data += data
+                self.queued += len(data)
+                return  # the consumer is behind, so it is not waiting
+        items.append(_Chunk(member, data))
+        self.queued += len(data)
+        self._wake()
+
+    def push_end(self, status: ExitStatus) -> None:
+        self._items.append(status)
         self._wake()
 
     def fail(self, error: ConnectError) -> None:
@@ -89,10 +113,12 @@ class Subscriber:
                 raise self._error
             if self._items:
                 item = self._items.popleft()
-                if type(item) is tuple:
-                    self.queued -= len(item[1])
+                if type(item) is _Chunk:
+                    data = item.data
+                    self.queued -= len(data)
                     if self._fanout.paused and self.queued <= RESUME_LEVEL:
                         self._fanout.maybe_resume()
+                    return (item.member, data if type(data) is bytes else bytes(data))
                 return item
             waiter = self._waiter = self._loop.create_future()
             # The queue just ran empty, so "now" is when the last data event
@@ -138,10 +164,9 @@ class Fanout:
 
     def publish(self, member: str, data: bytes) -> None:
         """Queue a chunk for every subscriber; with none, the chunk is discarded."""
-        item = (member, data)
         full = False
         for subscriber in self.subscribers:
-            subscriber.push(item)
+            subscriber.push_data(member, data)
             if subscriber.queued > QUEUE_LIMIT:
                 full = True
         if full and not self.paused:
@@ -187,7 +212,7 @@ class Fanout:
         self._cancel_stall()
         self.paused = False
         for subscriber in self.subscribers:
-            subscriber.push(status)
+            subscriber.push_end(status)
         self.subscribers.clear()
 
     def close(self, error: ConnectError) -> None:
