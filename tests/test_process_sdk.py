@@ -211,4 +211,3 @@ async def test_async_pty(async_sandbox: AsyncSandbox) -> None:
     result = await terminal.wait()
     assert result.exit_code == 0
     assert b"99\r\n" in b"".join(chunks)
-
