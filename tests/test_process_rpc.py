@@ -690,7 +690,7 @@ def test_sigterm_with_open_streams_stops_daemon_fast() -> None:
             assert time.monotonic() - started < 2.5
         # Like upstream, children outlive the daemon.
         assert alive(pid)
-        os.kill(pid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)  # its own group (ours, not upstream's)
     finally:
         if daemon.proc is not None and daemon.proc.poll() is None:
             daemon.stop()
