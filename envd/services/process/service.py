@@ -1,14 +1,302 @@
-"""`process.Process` (placeholder until the process service lands)."""
+"""`process.Process`: the eight RPC handlers.
+
+The work is elsewhere: `handler` (one running process), `launch` (spawn),
+`fanout` (subscribers), `table` (live and retained processes). Handlers here
+only translate between messages and those.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import re
+import signal
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from connectrpc.request import RequestContext
+
 from envd.execcontext import ExecContext
+from envd.gen.process import process_pb2 as pb
 from envd.gen.process.process_connect import Process
+from envd.permissions.users import User, UserLookupError, lookup_user
+from envd.rpc.context import request_state
+from envd.services.process.fanout import KEEPALIVE, Subscriber
+from envd.services.process.handler import ProcessHandle, launch_process
+from envd.services.process.status import ExitStatus
+from envd.services.process.table import ProcessTable, check_selector
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KEEPALIVE_S = 90
+# Beyond this a keepalive would never be sent anyway; keeps timers in range.
+MAX_KEEPALIVE_S = 10**7
+_GO_ATOI = re.compile(r"[+-]?[0-9]+")
+
+Response = TypeVar("Response", pb.StartResponse, pb.ConnectResponse)
+
+_SIGNALS = {pb.SIGNAL_SIGKILL: signal.SIGKILL, pb.SIGNAL_SIGTERM: signal.SIGTERM}
+
+
+def keepalive_interval(ctx: RequestContext[Any, Any]) -> float:
+    """`Keepalive-Ping-Interval` in seconds; missing, garbage or ≤ 0 → 90 s."""
+    raw = ctx.request_headers.get("keepalive-ping-interval")
+    if raw is None or not _GO_ATOI.fullmatch(raw):
+        return DEFAULT_KEEPALIVE_S
+    value = int(raw)
+    return min(value, MAX_KEEPALIVE_S) if value > 0 else DEFAULT_KEEPALIVE_S
+
+
+def process_lifetime(ctx: RequestContext[Any, Any]) -> float | None:
+    """`Connect-Timeout-Ms` as the process's lifetime; absent or ≤ 0 → unlimited.
+
+    connectrpc has already rejected values that are not integers.
+    """
+    raw = ctx.request_headers.get("connect-timeout-ms")
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        return None
+    return value / 1000 if value > 0 else None
+
+
+def request_deadline(
+    ctx: RequestContext[Any, Any], loop: asyncio.AbstractEventLoop
+) -> float | None:
+    """connectrpc computes the deadline but does not enforce it: streams do."""
+    remaining = ctx.timeout_ms
+    return None if remaining is None else loop.time() + remaining / 1000
+
+
+def end_event(status: ExitStatus) -> pb.ProcessEvent:
+    end = pb.ProcessEvent.EndEvent(
+        exit_code=status.exit_code, exited=status.exited, status=status.status
+    )
+    if status.error is not None:
+        end.error = status.error
+    return pb.ProcessEvent(end=end)
 
 
 class ProcessService(Process):
     def __init__(self, exec_ctx: ExecContext) -> None:
         self.exec_ctx = exec_ctx
+        self._table: ProcessTable | None = None
+
+    @property
+    def table(self) -> ProcessTable:
+        # Created on first use: it needs the server's running loop.
+        if self._table is None:
+            self._table = ProcessTable(asyncio.get_running_loop())
+        return self._table
 
     async def close(self) -> None:
-        pass
+        """Shutdown: drop our fds, timers and streams; children keep running (as upstream)."""
+        if self._table is not None:
+            self._table.close()
+
+    def _user(self) -> User:
+        user = request_state().user
+        if user is not None:
+            return user
+        name = self.exec_ctx.default_user
+        try:
+            return lookup_user(name)
+        except UserLookupError:
+            raise ConnectError(Code.UNAUTHENTICATED, f"invalid default user: '{name}'") from None
+
+    # --- streams ---------------------------------------------------------
+
+    async def start(
+        self, request: pb.StartRequest, ctx: RequestContext[pb.StartRequest, pb.StartResponse]
+    ) -> AsyncIterator[pb.StartResponse]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = request_deadline(ctx, loop)
+        lifetime = process_lifetime(ctx)
+        handle = launch_process(loop, request, self._user(), self.exec_ctx)
+        subscriber = handle.fanout.subscribe(keepalive_interval(ctx))
+        self.table.add(handle)
+        # The lifetime counts from the start of the request, as the deadline does.
+        handle.start(None if lifetime is None else started + lifetime)
+        log.info(
+            "process_start pid=%d cmd=%r timeout=%s",
+            handle.pid,
+            " ".join([request.process.cmd, *request.process.args]),
+            lifetime,
+        )
+        async for response in _events(pb.StartResponse, subscriber, handle.pid, deadline):
+            yield response
+
+    async def connect(
+        self,
+        request: pb.ConnectRequest,
+        ctx: RequestContext[pb.ConnectRequest, pb.ConnectResponse],
+    ) -> AsyncIterator[pb.ConnectResponse]:
+        loop = asyncio.get_running_loop()
+        deadline = request_deadline(ctx, loop)
+        selector = check_selector(request)
+        try:
+            handle = self.table.get(request)
+        except ConnectError as e:
+            if e.code != Code.NOT_FOUND:
+                raise
+            retained = self.table.get_retained(selector)
+            start = pb.ProcessEvent.StartEvent(pid=retained.pid)
+            yield pb.ConnectResponse(event=pb.ProcessEvent(start=start))
+            yield pb.ConnectResponse(event=end_event(retained.status))
+            return
+        subscriber = handle.fanout.subscribe(keepalive_interval(ctx))
+        async for response in _events(pb.ConnectResponse, subscriber, handle.pid, deadline):
+            yield response
+
+    # --- unary -----------------------------------------------------------
+
+    async def list(
+        self, request: pb.ListRequest, ctx: RequestContext[pb.ListRequest, pb.ListResponse]
+    ) -> pb.ListResponse:
+        return pb.ListResponse(
+            processes=[
+                pb.ProcessInfo(config=h.config, pid=h.pid, tag=h.tag)
+                for h in self.table.live.values()
+            ]
+        )
+
+    async def update(
+        self, request: pb.UpdateRequest, ctx: RequestContext[pb.UpdateRequest, pb.UpdateResponse]
+    ) -> pb.UpdateResponse:
+        handle = self.table.get(request)
+        if request.HasField("pty"):
+            handle.resize(request.pty.size.rows, request.pty.size.cols)
+        return pb.UpdateResponse()
+
+    async def send_input(
+        self,
+        request: pb.SendInputRequest,
+        ctx: RequestContext[pb.SendInputRequest, pb.SendInputResponse],
+    ) -> pb.SendInputResponse:
+        await _write_input(self.table.get(request), request.input)
+        return pb.SendInputResponse()
+
+    async def stream_input(
+        self,
+        request: AsyncIterator[pb.StreamInputRequest],
+        ctx: RequestContext[pb.StreamInputRequest, pb.StreamInputResponse],
+    ) -> pb.StreamInputResponse:
+        target: ProcessHandle | None = None
+        messages = aiter(request)
+        while True:
+            try:
+                message = await anext(messages)
+            except StopAsyncIteration:
+                return pb.StreamInputResponse()
+            except ConnectError as e:
+                raise ConnectError(
+                    Code.UNKNOWN, f"error streaming input: {e.code.value}: {e.message}"
+                ) from None
+            except Exception as e:
+                raise ConnectError(Code.UNKNOWN, f"error streaming input: {e}") from None
+            match message.WhichOneof("event"):
+                case "start":
+                    target = self.table.get(message.start)
+                case "data":
+                    if target is None:
+                        # Upstream crashes the request here.
+                        raise ConnectError(
+                            Code.FAILED_PRECONDITION,
+                            "no process selected: send a start event before data",
+                        )
+                    await _write_input(target, message.data.input)
+                case "keepalive":
+                    pass
+                case _:
+                    raise ConnectError(Code.UNIMPLEMENTED, "invalid event type <nil>")
+
+    async def send_signal(
+        self,
+        request: pb.SendSignalRequest,
+        ctx: RequestContext[pb.SendSignalRequest, pb.SendSignalResponse],
+    ) -> pb.SendSignalResponse:
+        handle = self.table.get(request)
+        signum = _SIGNALS.get(request.signal)
+        if signum is None:
+            name = (
+                pb.Signal.Name(request.signal)
+                if request.signal in pb.Signal.values()
+                else str(request.signal)
+            )
+            raise ConnectError(Code.UNIMPLEMENTED, f"invalid signal: {name}")
+        handle.signal(signum)
+        return pb.SendSignalResponse()
+
+    async def close_stdin(
+        self,
+        request: pb.CloseStdinRequest,
+        ctx: RequestContext[pb.CloseStdinRequest, pb.CloseStdinResponse],
+    ) -> pb.CloseStdinResponse:
+        self.table.get(request).close_stdin()
+        return pb.CloseStdinResponse()
+
+
+async def _write_input(handle: ProcessHandle, data: pb.ProcessInput) -> None:
+    match data.WhichOneof("input"):
+        case "stdin":
+            await handle.write_stdin(data.stdin)
+        case "pty":
+            await handle.write_pty(data.pty)
+        case _:
+            raise ConnectError(Code.UNIMPLEMENTED, "invalid input type <nil>")
+
+
+_KEEPALIVE_EVENT = pb.ProcessEvent(keepalive=pb.ProcessEvent.KeepAlive())
+_CANCELED = ConnectError(Code.CANCELED, "context canceled")
+_DEADLINE = ConnectError(Code.DEADLINE_EXCEEDED, "context deadline exceeded")
+
+
+async def _events(
+    wrapper: type[Response], subscriber: Subscriber, pid: int, deadline: float | None
+) -> AsyncIterator[Response]:
+    """start, then data/keepalive, then end — for one subscriber of a process.
+
+    Ends early with `canceled` when the client goes away and with
+    `deadline_exceeded` at the request deadline; the process lives on.
+    """
+    loop = asyncio.get_running_loop()
+    state = request_state()
+    timer = None
+    watcher = None
+    try:
+        if deadline is not None:
+            if deadline <= loop.time():
+                raise _DEADLINE
+            timer = loop.call_at(deadline, subscriber.fail, _DEADLINE)
+        watcher = loop.create_task(_fail_on_disconnect(state.disconnected, subscriber))
+        yield wrapper(event=pb.ProcessEvent(start=pb.ProcessEvent.StartEvent(pid=pid)))
+        keepalive = wrapper(event=_KEEPALIVE_EVENT)
+        while True:
+            item = await subscriber.next()
+            if type(item) is tuple:
+                # Set in place: building nested messages would copy the chunk each time.
+                response = wrapper()
+                setattr(response.event.data, item[0], item[1])
+                yield response
+            elif item is KEEPALIVE:
+                yield keepalive
+            else:
+                assert isinstance(item, ExitStatus)
+                yield wrapper(event=end_event(item))
+                return
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
+        subscriber.leave()
+
+
+async def _fail_on_disconnect(disconnected: asyncio.Event, subscriber: Subscriber) -> None:
+    await disconnected.wait()
+    subscriber.fail(_CANCELED)
