@@ -3,13 +3,13 @@
 The SDKs use the JSON codec. connectrpc's stock Google JSON codec calls
 `MessageToJson`, which pretty-prints and costs ~240 µs per 64 KiB output
 event, capping command output near 0.15 GB/s. We emit compact protojson (as
-upstream's Go `protojson` does) and build the hot message, a process output
-chunk, directly: `{"event":{"data":{"stdout":"<base64>"}}}`.
+upstream's Go `protojson` does), and the services register hand-built
+encoders for their bulky messages in `FAST_ENCODERS` (process output chunks,
+directory listings).
 """
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -19,18 +19,11 @@ from connectrpc.compat import google_protobuf_binary_codec
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from envd.gen.process import process_pb2
-
 M = TypeVar("M", bound=Message)
 
-# Hand-built encoders for bulky messages, registered by their service modules.
-FAST_ENCODERS: dict[type[Message], Callable[[Any], bytes]] = {}
-
-_EVENT_WRAPPERS = (process_pb2.StartResponse, process_pb2.ConnectResponse)
-_DATA_PREFIX = {
-    name: b'{"event":{"data":{"' + name.encode() + b'":"' for name in ("stdout", "stderr", "pty")
-}
-_DATA_SUFFIX = b'"}}}'
+# Hand-built encoders for bulky messages (or wire-ready stand-ins for them),
+# registered by their service modules.
+FAST_ENCODERS: dict[type, Callable[[Any], bytes]] = {}
 
 
 class CompactJSONCodec(Codec[Message, Any]):
@@ -41,13 +34,6 @@ class CompactJSONCodec(Codec[Message, Any]):
         fast = FAST_ENCODERS.get(type(message))
         if fast is not None:
             return fast(message)
-        if type(message) in _EVENT_WRAPPERS:
-            event = message.event  # type: ignore[attr-defined]
-            if event.WhichOneof("event") == "data":
-                output = event.data.WhichOneof("output")
-                if output is not None:
-                    raw = getattr(event.data, output)
-                    return _DATA_PREFIX[output] + base64.b64encode(raw) + _DATA_SUFFIX
         return json.dumps(
             json_format.MessageToDict(message), separators=(",", ":"), ensure_ascii=False
         ).encode()

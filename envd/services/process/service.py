@@ -27,6 +27,7 @@ from envd.services.process.fanout import KEEPALIVE, Subscriber
 from envd.services.process.handler import ProcessHandle, launch_process
 from envd.services.process.status import ExitStatus
 from envd.services.process.table import ProcessTable, check_selector
+from envd.services.process.wire import DataChunk
 
 log = logging.getLogger(__name__)
 
@@ -279,10 +280,7 @@ async def _events(
         while True:
             item = await subscriber.next()
             if type(item) is tuple:
-                # Set in place: building nested messages would copy the chunk each time.
-                response = wrapper()
-                setattr(response.event.data, item[0], item[1])
-                yield response
+                yield DataChunk(*item)  # type: ignore[misc]  # wire-ready stand-in, see wire.py
             elif item is KEEPALIVE:
                 yield keepalive
             else:
