@@ -44,6 +44,10 @@ def signature(
     return "v1_" + base64.b64encode(digest).rstrip(b"=").decode()
 
 
+# check_file_access takes a `signature` argument, which hides the function.
+_sign = signature
+
+
 def check_file_access(
     token: AccessToken,
     header: bytes | str | None,
@@ -74,6 +78,3 @@ def check_file_access(
     if expiration is not None and expiration < int(time.time() if now is None else now):
         return EXPIRED
     return None
-
-
-_sign = signature
