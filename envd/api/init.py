@@ -98,9 +98,6 @@ async def _watch_disconnect(receive: Receive, gone: asyncio.Event) -> None:
 
 async def _acquire(lock: asyncio.Lock, gone: asyncio.Event) -> bool:
     """Take the lock unless the client leaves first (then False, lock not held)."""
-    if not lock.locked():
-        await lock.acquire()
-        return True
     acquire = asyncio.ensure_future(lock.acquire())
     left = asyncio.ensure_future(gone.wait())
     await asyncio.wait({acquire, left}, return_when=asyncio.FIRST_COMPLETED)
