@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import struct
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -119,36 +121,56 @@ async def process_stream(client: httpx.AsyncClient, url: str, stop: asyncio.Even
 async def poller(client: httpx.AsyncClient, url: str, stop: asyncio.Event) -> None:
     """A client reading /metrics and /envs every 100 ms, as a busy neighbour."""
     headers = {"X-Access-Token": TOKEN}
+    await asyncio.sleep(random.random() * 0.1)  # independent clients, not a synchronised burst
     while not stop.is_set():
         await client.get(url + "/metrics", headers=headers)
         await client.get(url + "/envs", headers=headers)
         await asyncio.sleep(0.1)
 
 
-async def with_load(url: str, streams: int, count: int, interval: float) -> tuple[str, list[float]]:
+async def run_load(url: str, streams: int) -> None:
+    """The load, run in its own process so its CPU does not delay the storm's client."""
     stop = asyncio.Event()
     async with httpx.AsyncClient(timeout=None) as client:
         probe = asyncio.create_task(process_stream(client, url, stop))
         await asyncio.sleep(0.5)
         if probe.done() and not probe.result():
-            kind = (
-                f"{streams} clients polling /metrics and /envs every 100 ms"
-                " (process service unavailable)"
-            )
+            print("pollers", flush=True)
             load = [asyncio.create_task(poller(client, url, stop)) for _ in range(streams)]
         else:
-            kind = f"{streams} process.Start streams printing continuously"
+            print("streams", flush=True)
             load = [probe] + [
                 asyncio.create_task(process_stream(client, url, stop)) for _ in range(streams - 1)
             ]
+        await asyncio.gather(*load, return_exceptions=True)
+
+
+async def with_load(url: str, streams: int, count: int, interval: float) -> tuple[str, list[float]]:
+    loader = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.init_storm",
+        "--load-only",
+        url,
+        "--streams",
+        str(streams),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert loader.stdout is not None
+        mode = (await loader.stdout.readline()).decode().strip()
         await asyncio.sleep(0.5)
-        try:
-            latencies = await storm(url, count, interval)
-        finally:
-            stop.set()
-            for task in load:
-                task.cancel()
-            await asyncio.gather(*load, return_exceptions=True)
+        latencies = await storm(url, count, interval)
+    finally:
+        loader.terminate()
+        await loader.wait()
+    if mode == "streams":
+        kind = f"{streams} process.Start streams printing continuously"
+    else:
+        kind = (
+            f"{streams} clients polling /metrics and /envs every 100 ms"
+            " (process service unavailable)"
+        )
     return kind, latencies
 
 
@@ -163,7 +185,11 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--interval-ms", type=float, default=5.0)
     parser.add_argument("--streams", type=int, default=20)
+    parser.add_argument("--load-only", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.load_only:
+        await run_load(args.load_only, args.streams)
+        return
     interval = args.interval_ms / 1000
     with tempfile.TemporaryDirectory() as root, ControlDaemon(Path(root)) as daemon:
         first = RawClient(daemon.url)

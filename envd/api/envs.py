@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -34,8 +35,9 @@ async def get_envs(request: Request) -> Response:
 async def get_metrics(request: Request) -> Response:
     cp: ControlPlane = request.app.state.control
     try:
-        # statvfs("/") can block on a sick disk; keep it off the loop.
-        metrics = await asyncio.to_thread(collect, cp.cpu)
+        # statvfs("/") can wait on a sick (network) block device; keep it off the loop.
+        disk = await asyncio.to_thread(os.statvfs, "/")
+        metrics = collect(cp.cpu, disk)
     except (OSError, RuntimeError) as e:
         log.error("failed to get metrics: %s", e)
         return Response(status_code=500, headers=_HEADERS)
