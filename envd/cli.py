@@ -34,6 +34,17 @@ FLAGS: tuple[Flag, ...] = (
     Flag("verbose", bool, False, "log to stdout as well"),
     Flag("no-cgroups", bool, False, "disable cgroups"),
     Flag("cgroup-root", str, "/sys/fs/cgroup", "cgroup root directory"),
+    # Ours, for tests and local runs: upstream hard-codes these.
+    Flag("mmds-address", str, "169.254.169.254:80", "metadata service host:port"),
+    Flag("run-dir", str, "/run/e2b", "directory for the sandbox metadata files"),
+    Flag("hosts-file", str, "/etc/hosts", "hosts file that /init hyperloopIP updates"),
+    Flag("ca-bundle", str, "/etc/ssl/certs/ca-certificates.crt", "system CA bundle"),
+    Flag(
+        "ca-extra",
+        str,
+        "/usr/local/share/ca-certificates/e2b-ca.crt",
+        "where the installed CA is kept for update-ca-certificates",
+    ),
 )
 _BY_NAME = {f.name: f for f in FLAGS}
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
@@ -106,6 +117,11 @@ def config_from_flags(values: dict[str, bool | int | str]) -> Config:
         verbose=bool(values["verbose"]),
         no_cgroups=bool(values["no-cgroups"]),
         cgroup_root=str(values["cgroup-root"]),
+        mmds_address=str(values["mmds-address"]),
+        run_dir=str(values["run-dir"]),
+        hosts_path=str(values["hosts-file"]),
+        ca_bundle_path=str(values["ca-bundle"]),
+        ca_extra_path=str(values["ca-extra"]),
     )
 
 

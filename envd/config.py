@@ -17,3 +17,9 @@ class Config:
     no_cgroups: bool = False
     cgroup_root: str = "/sys/fs/cgroup"
     run_dir: str = "/run/e2b"
+    # host:port of Firecracker's metadata service; tests point it at a fake.
+    mmds_address: str = "169.254.169.254:80"
+    # Files /init rewrites; configurable so tests never touch the real ones.
+    hosts_path: str = "/etc/hosts"
+    ca_bundle_path: str = "/etc/ssl/certs/ca-certificates.crt"
+    ca_extra_path: str = "/usr/local/share/ca-certificates/e2b-ca.crt"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 import socket
 import sys
@@ -12,6 +11,7 @@ import uvicorn
 
 from envd.app import create_app
 from envd.config import Config
+from envd.logs import HTTPExporter, setup_logging
 
 # Upstream closes idle keep-alive connections after 640 s, longer than the
 # edge proxy's idle timeout so that the proxy always closes first.
@@ -39,16 +39,16 @@ def prepare_run_dir(config: Config) -> None:
         print(f"error writing {path}: {e}", file=sys.stderr)
 
 
-def uvicorn_config(config: Config) -> uvicorn.Config:
+def uvicorn_config(config: Config, exporter: HTTPExporter | None = None) -> uvicorn.Config:
     return uvicorn.Config(
-        create_app(config),
+        create_app(config, exporter=exporter),
         host=config.host,
         port=config.port,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         http="httptools" if importlib.util.find_spec("httptools") else "h11",
         lifespan="on",
         access_log=False,
-        log_level="info" if config.verbose else "warning",
+        log_config=None,  # envd.logs.setup_logging owns the handlers
         timeout_keep_alive=IDLE_TIMEOUT_S,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         # Upstream's header limit is Go's 1 MiB default; uvicorn has no knob
@@ -74,14 +74,17 @@ def bind(config: Config) -> socket.socket:
 
 def serve(config: Config) -> int:
     prepare_run_dir(config)
-    logging.basicConfig(level=logging.INFO if config.verbose else logging.WARNING)
+    # The HTTP exporter only exists in Firecracker mode; lines wait in it
+    # until MMDS names a collector.
+    exporter = None if config.is_not_fc else HTTPExporter()
+    setup_logging(config.verbose, exporter)
     try:
         sock = bind(config)
     except OSError as e:
         address = f"{config.host}:{config.port}"
         print(f"server stopped: listen tcp {address}: bind: {e.strerror}", file=sys.stderr)
         return 1
-    server = uvicorn.Server(uvicorn_config(config))
+    server = uvicorn.Server(uvicorn_config(config, exporter))
     with sock:
         server.run(sockets=[sock])
     return 0

@@ -22,7 +22,9 @@ def free_port() -> int:
 class Daemon:
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
-        self.args = ["-port", str(self.port), "-isnotfc", *args]
+        # A dead loopback MMDS address: envd re-reads MMDS after every /init,
+        # and test traffic must never go to the real 169.254.169.254.
+        self.args = ["-port", str(self.port), "-isnotfc", "-mmds-address", "127.0.0.1:9", *args]
         self.env = {**os.environ, **(env or {})}
         fd, self.log_path = tempfile.mkstemp(prefix="envd-", suffix=".log")
         self.log = os.fdopen(fd, "wb")

@@ -1,0 +1,1 @@
+"""What envd does to the guest itself: clock, hosts file, CA store, NFS, MMDS, metrics."""
