@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 import time
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from envd import ENVD_VERSION
+from tests.connect_raw import stream_json
 from tests.control import GATE_401, ControlDaemon, rfc3339
 from tests.fake_mmds import FakeMMDS
 
@@ -237,6 +239,27 @@ def test_default_user_and_workdir_are_recorded(daemon: ControlDaemon) -> None:
     # The /init answer does not validate them (an unknown user fails later requests).
     r = daemon.init({"defaultUser": "no-such-user", "defaultWorkdir": "/nowhere"})
     assert r.status_code == 204
+    start = {"process": {"cmd": "true"}, "stdin": False}
+    messages, end = stream_json(daemon.url, "Start", start)
+    assert messages == []
+    assert end == {
+        "error": {"code": "unauthenticated", "message": "invalid default user: 'no-such-user'"}
+    }
+    # A Basic-auth user still works; the default workdir applies to it too.
+    auth = {"Authorization": "Basic " + base64.b64encode(b"root:").decode()}
+    messages, end = stream_json(daemon.url, "Start", start, auth)
+    assert end == {
+        "error": {"code": "invalid_argument", "message": "cwd '/nowhere' does not exist"}
+    }
+
+
+def test_default_user_and_workdir_apply_to_processes(daemon: ControlDaemon) -> None:
+    assert daemon.init({"defaultUser": "user", "defaultWorkdir": "/tmp"}).status_code == 204
+    start = {"process": {"cmd": "/bin/sh", "args": ["-c", "id -un; pwd; echo $HOME"]}}
+    messages, end = stream_json(daemon.url, "Start", {**start, "stdin": False})
+    assert end == {}
+    out = b"".join(base64.b64decode(m["event"]["data"]["stdout"]) for m in messages[1:-1])
+    assert out == b"user\n/tmp\n/home/user\n"
 
 
 def test_nfs_mount_failure_is_400_with_command_output(daemon: ControlDaemon) -> None:
