@@ -12,8 +12,8 @@ from connectrpc.errors import ConnectError
 
 from envd.execcontext import ExecContext
 from envd.permissions.users import User
+from envd.rpc.headers import keepalive_interval
 from envd.services.process import fanout, launch
-from envd.services.process.service import keepalive_interval
 from envd.services.process.status import ExitStatus, from_wait_status
 
 
@@ -43,17 +43,24 @@ def test_exit_status_strings() -> None:
     )
 
 
-class _Ctx:
-    def __init__(self, value: str | None) -> None:
-        self.request_headers = {} if value is None else {"keepalive-ping-interval": value}
-
-
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [(None, 90), ("50", 50), ("+7", 7), ("0", 90), ("-3", 90), ("x", 90), ("1.5", 90), ("", 90)],
+    [
+        (None, 90),
+        ("50", 50),
+        ("+7", 7),
+        ("0", 90),
+        ("-3", 90),
+        ("x", 90),
+        ("1.5", 90),
+        ("", 90),
+        (" 5", 90),
+        ("1_0", 90),
+    ],
 )
 def test_keepalive_interval(value: str | None, seconds: int) -> None:
-    assert keepalive_interval(_Ctx(value)) == seconds  # type: ignore[arg-type]
+    headers = {} if value is None else {"keepalive-ping-interval": value}
+    assert keepalive_interval(headers) == seconds
 
 
 def test_env_precedence() -> None:

@@ -14,32 +14,24 @@ from connectrpc.request import RequestContext
 from envd.execcontext import ExecContext
 from envd.gen.filesystem import filesystem_pb2 as pb
 from envd.gen.filesystem.filesystem_connect import Filesystem
+from envd.permissions.basic_auth import request_user
 from envd.permissions.paths import PathError, expand_and_resolve
-from envd.permissions.users import User, UserLookupError, lookup_user
+from envd.permissions.users import User
 from envd.rpc.codec import FAST_ENCODERS
 from envd.rpc.context import request_state
+from envd.rpc.headers import keepalive_interval
 from envd.services.filesystem import operations
 from envd.services.filesystem.watch import FilesystemEvent, Watcher
 from envd.services.filesystem.wire import encode_list_dir
 
 FAST_ENCODERS[pb.ListDirResponse] = encode_list_dir
 
-DEFAULT_KEEPALIVE_S = 90.0
 # Batches (one per inotify read) waiting for a slow stream client; past this
 # the watcher stops reading and the kernel queue takes the rest.
 STREAM_QUEUE_BATCHES = 16
 # Unfetched events one polling watcher may hold (upstream: unbounded).
 POLL_BUFFER_LIMIT = 65_536
 WATCHER_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz1234567890"
-
-
-def keepalive_interval(value: str | None) -> float:
-    """`Keepalive-Ping-Interval` in seconds; absent, garbage or ≤ 0 → 90 s."""
-    try:
-        seconds = int((value or "").strip())
-    except ValueError:
-        return DEFAULT_KEEPALIVE_S
-    return float(seconds) if seconds > 0 else DEFAULT_KEEPALIVE_S
 
 
 def new_watcher_id() -> str:
@@ -92,16 +84,7 @@ class FilesystemService(Filesystem):
     # -- request plumbing --
 
     def _user(self) -> User:
-        user = request_state().user
-        if user is not None:
-            return user
-        name = self.exec_ctx.default_user
-        if not name:
-            raise ConnectError(Code.UNAUTHENTICATED, "no user specified")
-        try:
-            return lookup_user(name)
-        except UserLookupError:
-            raise ConnectError(Code.UNAUTHENTICATED, f"invalid default user: '{name}'") from None
+        return request_user(self.exec_ctx.default_user)
 
     def _resolve(self, path: str, user: User) -> str:
         try:
@@ -145,7 +128,7 @@ class FilesystemService(Filesystem):
         self, request: pb.WatchDirRequest, ctx: RequestContext
     ) -> AsyncIterator[pb.WatchDirResponse]:
         path = self._resolve(request.path, self._user())
-        interval = keepalive_interval(ctx.request_headers.get("keepalive-ping-interval"))
+        interval = keepalive_interval(ctx.request_headers)
         remaining_ms = ctx.timeout_ms
         deadline = None if remaining_ms is None else time.monotonic() + remaining_ms / 1000
         queue: asyncio.Queue[list[FilesystemEvent]] = asyncio.Queue(STREAM_QUEUE_BATCHES)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import signal
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
@@ -21,8 +20,10 @@ from connectrpc.request import RequestContext
 from envd.execcontext import ExecContext
 from envd.gen.process import process_pb2 as pb
 from envd.gen.process.process_connect import Process
-from envd.permissions.users import User, UserLookupError, lookup_user
+from envd.permissions.basic_auth import request_user
+from envd.permissions.users import User
 from envd.rpc.context import request_state
+from envd.rpc.headers import keepalive_interval
 from envd.services.process.fanout import KEEPALIVE, Subscriber
 from envd.services.process.handler import ProcessHandle, launch_process
 from envd.services.process.status import ExitStatus
@@ -31,23 +32,10 @@ from envd.services.process.wire import DataChunk
 
 log = logging.getLogger(__name__)
 
-DEFAULT_KEEPALIVE_S = 90
-# Beyond this a keepalive would never be sent anyway; keeps timers in range.
-MAX_KEEPALIVE_S = 10**7
-_GO_ATOI = re.compile(r"[+-]?[0-9]+")
 
 Response = TypeVar("Response", pb.StartResponse, pb.ConnectResponse)
 
 _SIGNALS = {pb.SIGNAL_SIGKILL: signal.SIGKILL, pb.SIGNAL_SIGTERM: signal.SIGTERM}
-
-
-def keepalive_interval(ctx: RequestContext[Any, Any]) -> float:
-    """`Keepalive-Ping-Interval` in seconds; missing, garbage or ≤ 0 → 90 s."""
-    raw = ctx.request_headers.get("keepalive-ping-interval")
-    if raw is None or not _GO_ATOI.fullmatch(raw):
-        return DEFAULT_KEEPALIVE_S
-    value = int(raw)
-    return min(value, MAX_KEEPALIVE_S) if value > 0 else DEFAULT_KEEPALIVE_S
 
 
 def process_lifetime(ctx: RequestContext[Any, Any]) -> float | None:
@@ -100,14 +88,7 @@ class ProcessService(Process):
             self._table.close()
 
     def _user(self) -> User:
-        user = request_state().user
-        if user is not None:
-            return user
-        name = self.exec_ctx.default_user
-        try:
-            return lookup_user(name)
-        except UserLookupError:
-            raise ConnectError(Code.UNAUTHENTICATED, f"invalid default user: '{name}'") from None
+        return request_user(self.exec_ctx.default_user)
 
     # --- streams ---------------------------------------------------------
 
@@ -119,7 +100,7 @@ class ProcessService(Process):
         deadline = request_deadline(ctx, loop)
         lifetime = process_lifetime(ctx)
         handle = launch_process(loop, request, self._user(), self.exec_ctx)
-        subscriber = handle.fanout.subscribe(keepalive_interval(ctx))
+        subscriber = handle.fanout.subscribe(keepalive_interval(ctx.request_headers))
         self.table.add(handle)
         # The lifetime counts from the start of the request, as the deadline does.
         handle.start(None if lifetime is None else started + lifetime)
@@ -150,7 +131,7 @@ class ProcessService(Process):
             yield pb.ConnectResponse(event=pb.ProcessEvent(start=start))
             yield pb.ConnectResponse(event=end_event(retained.status))
             return
-        subscriber = handle.fanout.subscribe(keepalive_interval(ctx))
+        subscriber = handle.fanout.subscribe(keepalive_interval(ctx.request_headers))
         async for response in _events(pb.ConnectResponse, subscriber, handle.pid, deadline):
             yield response
 
