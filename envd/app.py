@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
 
+from envd.api.files.routes import file_routes
 from envd.api.health import health
 from envd.api.router import http_exception
 from envd.config import Config
@@ -44,6 +45,7 @@ def create_app(config: Config, exec_ctx: ExecContext | None = None) -> Starlette
     app = Starlette(
         routes=[
             health_route,
+            *file_routes(),
             Mount(process_app.path, app=process_app),
             Mount(filesystem_app.path, app=filesystem_app),
         ],
