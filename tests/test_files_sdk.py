@@ -31,6 +31,11 @@ def home_dir() -> Iterator[Path]:
     os.system(f"rm -rf '{path}'")
 
 
+def read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def xattrs(path: Path) -> dict[str, bytes]:
     return {n: os.getxattr(path, n) for n in os.listxattr(path) if n.startswith("user.e2b.")}
 
@@ -66,9 +71,7 @@ def test_large_binary_round_trip_every_way(sandbox: Sandbox, tmp_path: Path) -> 
             assert b"".join(stream) == data
 
 
-def test_write_file_like_object_streams_as_octet_stream(
-    sandbox: Sandbox, tmp_path: Path
-) -> None:
+def test_write_file_like_object_streams_as_octet_stream(sandbox: Sandbox, tmp_path: Path) -> None:
     path = str(tmp_path / "stream.bin")
     data = os.urandom(1 << 20)
     info = sandbox.files.write(path, io.BytesIO(data))
@@ -76,9 +79,7 @@ def test_write_file_like_object_streams_as_octet_stream(
     assert Path(path).read_bytes() == data
 
 
-def test_write_files_writes_every_entry_in_one_request(
-    sandbox: Sandbox, tmp_path: Path
-) -> None:
+def test_write_files_writes_every_entry_in_one_request(sandbox: Sandbox, tmp_path: Path) -> None:
     entries: list[WriteEntry] = [
         WriteEntry(path=str(tmp_path / f"dir{i}" / f"f{i}.txt"), data=f"content {i}")
         for i in range(5)
@@ -183,8 +184,8 @@ async def test_async_write_files_gzip_and_octet(
     ]
     infos = await async_sandbox.files.write_files(entries, gzip=True)
     assert [i.path for i in infos] == [e["path"] for e in entries]
-    assert Path(entries[0]["path"]).read_bytes() == b"\x00\x01" * 1000
-    assert Path(entries[1]["path"]).read_bytes() == b"two"
+    assert read_bytes(entries[0]["path"]) == b"\x00\x01" * 1000
+    assert read_bytes(entries[1]["path"]) == b"two"
 
     infos = await async_sandbox.files.write_files(entries)
     assert [i.name for i in infos] == ["one.bin", "two.bin"]
