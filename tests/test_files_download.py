@@ -4,11 +4,13 @@ conditional requests, bounded memory."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import gzip
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -467,3 +469,30 @@ def test_large_download_streams_with_bounded_memory(
         if headers is IDENTITY:
             assert received == size
     assert peak - before < 128 << 20, (before, peak)
+
+
+def test_client_hanging_up_releases_the_file(
+    client: httpx.Client, envd: Daemon, tmp_path: Path
+) -> None:
+    # Without noticing the hang-up, the daemon would read for minutes (a
+    # 1 TiB sparse file) or forever (/dev/zero streams gzip until EOF).
+    huge = tmp_path / "huge.bin"
+    with open(huge, "wb") as f:
+        f.truncate(1 << 40)
+    for path, headers in ((str(huge), IDENTITY), ("/dev/zero", {"Accept-Encoding": "gzip"})):
+        with client.stream("GET", "/files", params={"path": path}, headers=headers) as r:
+            assert r.status_code == 200
+            next(r.iter_raw(1 << 16))
+            assert path in open_paths(envd.pid)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and path in open_paths(envd.pid):
+            time.sleep(0.05)
+        assert path not in open_paths(envd.pid)
+
+
+def open_paths(pid: int) -> set[str]:
+    paths = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            paths.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    return paths
