@@ -15,6 +15,7 @@ from starlette.routing import Mount, Route
 from envd.api.auth import AccessTokenMiddleware
 from envd.api.cors import CORSMiddleware
 from envd.api.envs import get_envs, get_metrics
+from envd.api.files.routes import file_routes
 from envd.api.health import health
 from envd.api.init import post_init
 from envd.api.router import http_exception
@@ -63,6 +64,7 @@ def create_app(
             _get("/envs", get_envs),
             _get("/metrics", get_metrics),
             Route("/init", post_init, methods=["POST"], include_in_schema=False),
+            *file_routes(),
             Mount(process_app.path, app=process_app),
             Mount(filesystem_app.path, app=filesystem_app),
         ],

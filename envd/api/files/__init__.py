@@ -1,0 +1,1 @@
+"""The plain HTTP file endpoints: `GET /files`, `POST /files`, `POST /files/compose`."""
