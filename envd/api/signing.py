@@ -3,15 +3,8 @@
 A pure module: the signature algorithm the SDKs share with envd, and the
 decision that the `GET`/`POST /files` handlers run before touching anything.
 
-Wiring (files handlers, after query binding, before user lookup):
-
-    denied = check_file_access(
-        api.access_token, access_token_header(request.scope), operation=READ,
-        path=params.path, username=params.username,
-        signature=params.signature, expiration=params.signature_expiration,
-    )
-    if denied is not None:
-        return json_error(401, denied)
+The files handlers call it through `envd.api.files.common.check_access`,
+after query binding and before the user is looked up.
 """
 
 from __future__ import annotations

@@ -6,7 +6,10 @@ import errno
 
 from starlette.requests import Request
 
+from envd.api import signing
+from envd.api.auth import access_token_header
 from envd.api.files.errors import FilesError
+from envd.api.files.query import FileParams
 from envd.execcontext import ExecContext
 from envd.permissions.paths import PathError, expand_and_resolve
 from envd.permissions.users import User, UserLookupError, lookup_user
@@ -18,6 +21,25 @@ NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 def exec_context(request: Request) -> ExecContext:
     ctx: ExecContext = request.app.state.exec_ctx
     return ctx
+
+
+def check_access(request: Request, params: FileParams, operation: str) -> None:
+    """The access token in the header, else a signed URL (once a token is set).
+
+    `/files` is exempt from the token middleware so that browsers and third
+    parties can use signed URLs; this is its own gate (spec files-http §1.1).
+    """
+    denied = signing.check_file_access(
+        request.app.state.control.access_token,
+        access_token_header(request.scope),
+        operation=operation,
+        path=params.path,
+        username=params.username,
+        signature=params.signature,
+        expiration=params.signature_expiration,
+    )
+    if denied is not None:
+        raise FilesError(401, denied)
 
 
 def request_user(username: str | None, ctx: ExecContext) -> User:

@@ -22,7 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from envd.api.files.common import exec_context, request_ids, request_user, resolve
-from envd.api.files.errors import FilesError, go_json, json_error
+from envd.api.files.errors import FilesError
+from envd.api.responses import go_json, json_error
 from envd.permissions.paths import go_dir
 from envd.services.filesystem.dirs import EnsureDirsError, ensure_dirs
 from envd.services.filesystem.entry import base_name

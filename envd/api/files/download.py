@@ -9,10 +9,11 @@ import stat
 from starlette.requests import Request
 from starlette.responses import Response
 
-from envd.api.files.common import exec_context, request_user, resolve
+from envd.api import signing
+from envd.api.files.common import check_access, exec_context, request_user, resolve
 from envd.api.files.content_type import SNIFF_LEN, detect_content_type, type_by_extension
 from envd.api.files.encoding import GZIP, EncodingError, identity_acceptable, negotiate
-from envd.api.files.errors import FilesError, json_error, text_error
+from envd.api.files.errors import FilesError
 from envd.api.files.query import FileParams
 from envd.api.files.serve import (
     Outcome,
@@ -24,6 +25,7 @@ from envd.api.files.serve import (
     parse_range,
 )
 from envd.api.files.stream import FileBody
+from envd.api.responses import json_error, text_error
 from envd.asgi import ASGIApp
 from envd.services.filesystem.entry import base_name
 from envd.services.filesystem.oserror import path_error
@@ -68,8 +70,7 @@ async def download(request: Request, params: FileParams) -> Response | ASGIApp:
 
 async def _download(request: Request, params: FileParams) -> Response | ASGIApp:
     path = params.path or ""
-    # Signed-URL / access-token validation (operation `read`) belongs here,
-    # before the user is resolved (spec files-http §2.1 step 1).
+    check_access(request, params, signing.READ)
     ctx = exec_context(request)
     user = request_user(params.username, ctx)
     resolved = resolve(path, user, ctx, f"error expanding and resolving path '{path}'")

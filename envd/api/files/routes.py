@@ -8,9 +8,9 @@ from starlette.routing import Route
 
 from envd.api.files.compose import compose
 from envd.api.files.download import download
-from envd.api.files.errors import text_error
 from envd.api.files.query import QueryBindError, bind_file_params
 from envd.api.files.upload import upload
+from envd.api.responses import text_error
 from envd.asgi import ASGIApp
 
 

@@ -8,14 +8,16 @@ from dataclasses import dataclass
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from envd.api.files.common import exec_context, request_ids, request_user, resolve
+from envd.api import signing
+from envd.api.files.common import check_access, exec_context, request_ids, request_user, resolve
 from envd.api.files.encoding import GZIP, EncodingError, check_gzip_header, gunzip, request_encoding
-from envd.api.files.errors import FilesError, go_json, json_error
+from envd.api.files.errors import FilesError
 from envd.api.files.mediatype import MediaTypeError, parse_media_type
 from envd.api.files.metadata import metadata_from_headers, validate_metadata
 from envd.api.files.multipart import MultipartError, MultipartStream, PartData, PartEnd, PartStart
 from envd.api.files.query import FileParams
 from envd.api.files.writer import UploadFile
+from envd.api.responses import go_json, json_error
 from envd.execcontext import ExecContext
 from envd.permissions.users import User
 
@@ -36,8 +38,7 @@ async def upload(request: Request, params: FileParams) -> Response:
 
 
 async def _upload(request: Request, params: FileParams) -> list[dict[str, object]]:
-    # Signed-URL / access-token validation (operation `write`) belongs here,
-    # before the user is resolved (spec files-http §3.1 step 1).
+    check_access(request, params, signing.WRITE)
     ctx = exec_context(request)
     body: AsyncIterator[bytes] = request.stream()
     try:
