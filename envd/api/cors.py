@@ -50,7 +50,10 @@ class CORSMiddleware:
         async def send_with_cors(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
-                headers.append((b"vary", b"Origin"))
+                # rs/cors sets `Vary: Origin` before the handler runs; a handler
+                # that sets Vary itself (GET /files) replaces it, as Go's Header.Set does.
+                if not any(key.lower() == b"vary" for key, _ in headers):
+                    headers.append((b"vary", b"Origin"))
                 if allow:
                     headers.append((b"access-control-allow-origin", b"*"))
                     headers.append((b"access-control-expose-headers", EXPOSED_HEADERS))
