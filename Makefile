@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 49983
+BROWSER := tests/browser
 
-.PHONY: run test lint generate system bench clean
+.PHONY: run test lint generate system browser bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,8 +18,8 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/envd -port $(PORT) -isnotfc -verbose
 
-# Lint, then the whole suite against real daemons on free ports.
-test: $(STAMP) system
+# Lint, then the whole suite against real daemons on free ports (and a headless chromium).
+test: $(STAMP) system browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -31,12 +32,23 @@ lint: $(STAMP)
 generate: $(STAMP)
 	$(BIN)/python scripts/generate.py
 
-# What the tests need from the machine: the `user` account the SDKs assume, bash, python3.
+# What the tests need from the machine: the `user` account the SDKs assume, bash, python3,
+# chromium and Node.js for the browser test.
 system:
 	scripts/setup-system.sh
+
+# The browser test's npm packages (pinned by package-lock.json) and the page bundle.
+browser: $(BROWSER)/dist/page.bundle.js
+
+$(BROWSER)/node_modules/.installed: $(BROWSER)/package.json $(BROWSER)/package-lock.json
+	cd $(BROWSER) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(BROWSER)/dist/page.bundle.js: $(BROWSER)/node_modules/.installed $(BROWSER)/page.js $(BROWSER)/build.mjs
+	cd $(BROWSER) && npm run --silent build
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache $(BROWSER)/node_modules $(BROWSER)/dist

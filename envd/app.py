@@ -28,6 +28,7 @@ from envd.logs import HTTPExporter
 from envd.permissions.basic_auth import BasicAuthMiddleware
 from envd.rpc.codec import codecs
 from envd.rpc.context import RequestStateMiddleware
+from envd.services.filesystem.legacy import LegacyInterceptor
 from envd.services.filesystem.service import FilesystemService
 from envd.services.process.service import ProcessService
 
@@ -57,7 +58,10 @@ def create_app(
         await control.close()
 
     process_app = ProcessASGIApplication(process, codecs=codecs())
-    filesystem_app = FilesystemASGIApplication(filesystem, codecs=codecs())
+    # Only the filesystem service speaks the old SDK's shapes, as upstream.
+    filesystem_app = FilesystemASGIApplication(
+        filesystem, codecs=codecs(), interceptors=[LegacyInterceptor()]
+    )
     app = Starlette(
         routes=[
             _get("/health", health),

@@ -16,7 +16,7 @@ import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTOS = ["process/process.proto", "filesystem/filesystem.proto"]
+PROTOS = ["process/process.proto", "filesystem/filesystem.proto", "legacy/filesystem.proto"]
 PACKAGE_INIT = '"""Generated code: run `make generate`, never edit by hand."""\n'
 
 

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Prepares the machine for the test suite: the `user` account with home
-# /home/user that the E2B SDKs assume, plus bash and python3. Idempotent; as
+# /home/user that the E2B SDKs assume, plus bash and python3, and chromium and
+# Node.js (>= 20, for the e2b JS SDK) for tests/test_browser.py. Idempotent; as
 # a non-root user it only reports what is missing.
 set -eu
 
@@ -9,6 +10,9 @@ command -v bash >/dev/null 2>&1 || missing="$missing bash"
 command -v python3 >/dev/null 2>&1 || missing="$missing python3"
 command -v ionice >/dev/null 2>&1 || missing="$missing util-linux"
 command -v nice >/dev/null 2>&1 || missing="$missing coreutils"
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v node >/dev/null 2>&1 || missing="$missing nodejs"
+command -v npm >/dev/null 2>&1 || missing="$missing npm"
 
 if [ "$(id -u)" != 0 ]; then
     [ -z "$missing" ] || echo "setup-system: missing packages:$missing (run as root to install)" >&2
@@ -30,3 +34,9 @@ if ! id user >/dev/null 2>&1; then
 fi
 mkdir -p /home/user
 chown user:user /home/user
+
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$node_major" -lt 20 ]; then
+    echo "setup-system: Node.js >= 20 is needed by the browser test (found major $node_major)" >&2
+    exit 1
+fi
