@@ -17,3 +17,6 @@ class Config:
     no_cgroups: bool = False
     cgroup_root: str = "/sys/fs/cgroup"
     run_dir: str = "/run/e2b"
+    # Initial defaults for requests without a user/workdir (beyond upstream: -default-user).
+    default_user: str = "root"
+    default_workdir: str | None = None
