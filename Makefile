@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PACKAGING_STAMP := $(VENV)/.installed-packaging
 PORT ?= 49983
 
-.PHONY: run test lint generate system bench clean
+.PHONY: run test test-rootfs bundle overlay lint generate system bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,11 +18,30 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/envd -port $(PORT) -isnotfc -verbose
 
-# Lint, then the whole suite against real daemons on free ports.
-test: $(STAMP) system
+# Linters for the packaging files (hadolint, kubernetes-validate), kept out of `make run`.
+$(PACKAGING_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,packaging]'
+	touch $@
+
+# Lint, then the whole suite against real daemons on free ports (the frozen
+# bundle's tests are `make test-rootfs`).
+test: $(STAMP) $(PACKAGING_STAMP) system
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not rootfs" $(PYTEST_ARGS)
+
+# The self-contained daemon under dist/ (frozen in a cached Debian 11 chroot).
+bundle:
+	scripts/build-bundle.sh
+
+# The tarballs a template build extracts at / (dist/envd-overlay*.tar.gz).
+overlay: bundle
+	scripts/build-overlay.sh
+
+# The bundle in a debootstrapped Debian rootfs as PID 1, and the static
+# variant in an empty chroot (root only; CI runs it after `make test`).
+test-rootfs: $(PACKAGING_STAMP) system overlay
+	$(BIN)/python -m pytest -m rootfs $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -39,4 +59,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
