@@ -120,9 +120,11 @@ def config_from_flags(
 ) -> Config:
     """The daemon's settings; a flag wins over its environment variable."""
     environ = os.environ if environ is None else environ
-    user = str(values["default-user"]) or environ.get(ENV_DEFAULT_USER, "") or "root"
+    user = str(values["default-user"]) or environ.get(ENV_DEFAULT_USER, "")
     workdir = str(values["default-workdir"]) or environ.get(ENV_DEFAULT_WORKDIR, "") or None
-    if not user_exists(user):
+    # Only a user asked for is checked: upstream's implicit root is not (a bare
+    # rootfs may have no /etc/passwd at all).
+    if user and not user_exists(user):
         raise UsageError(f"default user {user!r} does not exist in /etc/passwd")
     if workdir is not None and not workdir.startswith("/"):
         raise UsageError(f"default workdir {workdir!r} is not an absolute path")
@@ -132,7 +134,7 @@ def config_from_flags(
         verbose=bool(values["verbose"]),
         no_cgroups=bool(values["no-cgroups"]),
         cgroup_root=str(values["cgroup-root"]),
-        default_user=user,
+        default_user=user or "root",
         default_workdir=workdir,
     )
 
