@@ -244,14 +244,14 @@ def test_pid1_serves_from_a_child_and_reaps_orphans(pid1: Pid1Daemon) -> None:
 
 @as_root
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_pid1_passes_the_signal_on_and_ends_after_a_graceful_shutdown(
+def test_pid1_passes_the_signal_on_and_ends_with_the_daemons_status(
     pid1: Pid1Daemon, sig: signal.Signals
 ) -> None:
     os.kill(pid1.init, sig)
-    # uvicorn finishes its shutdown, then re-raises the signal: PID 1 ends with
-    # the daemon's status, as a shell reports a process killed by that signal.
+    # A PID 1 that did not handle the signal would never see it (the kernel
+    # drops it). uvicorn finishes its shutdown, then re-raises the signal: PID 1
+    # ends with the daemon's status, as a shell reports a process killed by it.
     assert pid1.proc.wait(timeout=30) == 128 + sig
-    assert "Finished server process" in pid1.output()
 
 
 # --- rootfs-overlay: the unit, its enablement, the OpenRC script ------------
