@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PACKAGING_STAMP := $(VENV)/.installed-packaging
 PORT ?= 49983
 
-.PHONY: run test test-rootfs bundle overlay lint generate system bench clean
+.PHONY: run test test-rootfs bundle overlay rootfs-tools lint generate system bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,16 +30,21 @@ test: $(STAMP) $(PACKAGING_STAMP) system
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -m "not rootfs" $(PYTEST_ARGS)
 
+# debootstrap, systemd-nspawn, unshare, readelf (root: installs what is missing).
+rootfs-tools:
+	scripts/setup-rootfs-tools.sh
+
 # The self-contained daemon under dist/ (frozen in a cached Debian 11 chroot).
-bundle:
+bundle: rootfs-tools
 	scripts/build-bundle.sh
 
 # The tarballs a template build extracts at / (dist/envd-overlay*.tar.gz).
 overlay: bundle
 	scripts/build-overlay.sh
 
-# The bundle in a debootstrapped Debian rootfs as PID 1, and the static
-# variant in an empty chroot (root only; CI runs it after `make test`).
+# The bundle in a debootstrapped Debian rootfs as PID 1 and under systemd
+# (systemd-nspawn --boot), and the static variant in an empty chroot (root
+# only; CI runs it after `make test`).
 test-rootfs: $(PACKAGING_STAMP) system overlay
 	$(BIN)/python -m pytest -m rootfs $(PYTEST_ARGS)
 

@@ -334,3 +334,108 @@ def test_static_variant_serves_in_an_empty_chroot(empty_root: Path) -> None:
         envd.proc.wait(timeout=30)
     finally:
         envd.stop()
+
+
+# --- the unit file under a real systemd (systemd-nspawn --boot) ---------------
+
+
+def in_container(init: int, *command: str) -> str:
+    return subprocess.run(
+        ["nsenter", "-t", str(init), "-a", *command],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+
+
+def envd_pids(init: int) -> list[int]:
+    return [
+        p
+        for p in children(init)
+        if Path(f"/proc/{p}/cmdline").read_bytes().startswith(b"/usr/bin/envd\0")
+    ]
+
+
+@pytest.fixture(scope="module")
+def systemd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if subprocess.run(["sh", "-c", "command -v systemd-nspawn"], check=False).returncode:
+        pytest.skip("systemd-nspawn is missing (make rootfs-tools installs it)")
+    root = tmp_path_factory.mktemp("systemd") / "root"
+    root.mkdir()
+    tarball = subprocess.run(
+        [str(REPO / "scripts" / "debian-rootfs.sh"), SUITE, "systemd,systemd-sysv"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    ).stdout.strip()
+    subprocess.run(["tar", "-C", str(root), "-xf", tarball], check=True)
+    subprocess.run(["tar", "-C", str(root), "-xzf", str(OVERLAY)], check=True)
+    return root
+
+
+def test_systemd_boots_enables_and_restarts_envd(systemd_root: Path) -> None:
+    port = free_port()
+    # The test's only change to the unit: outside Firecracker, on a free port.
+    dropin = systemd_root / "etc/systemd/system/envd.service.d"
+    dropin.mkdir(parents=True, exist_ok=True)
+    (dropin / "test.conf").write_text(
+        f"[Service]\nExecStart=\nExecStart=/usr/bin/envd -isnotfc -port {port}\n"
+    )
+    log = (systemd_root.parent / "nspawn.log").open("wb")
+    nspawn = subprocess.Popen(
+        [
+            "systemd-nspawn",
+            "--quiet",
+            f"--directory={systemd_root}",
+            "--boot",
+            "--register=no",
+            "--keep-unit",
+            "--console=pipe",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/health"
+    try:
+        wait_for_health(url, nspawn)
+        (init,) = children(nspawn.pid)
+        assert in_container(init, "systemctl", "is-enabled", "envd") == "enabled"
+        assert in_container(init, "systemctl", "is-active", "envd") == "active"
+        (envd,) = envd_pids(init)
+        nice = int(Path(f"/proc/{envd}/stat").read_text().rsplit(")", 1)[1].split()[16])
+        assert nice == -20
+        ionice = subprocess.run(
+            ["ionice", "-p", str(envd)], check=True, capture_output=True, text=True
+        )
+        assert ionice.stdout.strip() == "realtime: prio 4"
+        # Restart=always: a killed envd comes back.
+        os.kill(envd, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and envd_pids(init) in ([], [envd]):
+            time.sleep(0.1)
+        assert envd_pids(init) not in ([], [envd])
+        wait_for_health(url, nspawn)
+    finally:
+        nspawn.terminate()  # a clean power-off of the container
+        try:
+            nspawn.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            nspawn.kill()
+            nspawn.wait()
+        log.close()
+
+
+def wait_for_health(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"exited with {proc.returncode}"
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 204:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer 204")
