@@ -61,11 +61,15 @@ def size_mib(path: Path) -> float:
 
 def main() -> None:
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+    # Interleaved, so that a change in the machine's load hits every variant alike.
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in VARIANTS}
+    for _ in range(runs):
+        for name, command in VARIANTS.items():
+            results[name].append(cold_start(command))
     base = None
-    for name, command in VARIANTS.items():
-        results = [cold_start(command) for _ in range(runs)]
-        start = summary(f"{name}: start to /health 204", [r[0] for r in results])
-        rss = statistics.median(r[1] for r in results)
+    for name, samples in results.items():
+        start = summary(f"{name}: start to /health 204", [r[0] for r in samples])
+        rss = statistics.median(r[1] for r in samples)
         base = base or start["p50_ms"]
         ratio = start["p50_ms"] / base
         print(f"    idle RSS (median) {rss:.1f} MiB, start p50 = {ratio:.2f}x baseline")
