@@ -68,7 +68,8 @@ mkdir -p "$root/src" "$root/out"
     /opt/python/bin/python3.11 -m venv /opt/freeze
     /opt/freeze/bin/pip install -q -c /src/packaging/constraints.txt "/src[freeze]"
     cd /tmp
-    /opt/freeze/bin/python /src/packaging/freeze.py /out
+    # A fixed hash seed: PyInstaller orders some archives by set iteration.
+    PYTHONHASHSEED=0 /opt/freeze/bin/python /src/packaging/freeze.py /out
 '
 
 rm -rf "$repo/dist/envd" "$repo/dist/envd-static"
