@@ -9,8 +9,9 @@ loop that only reaps and forwards signals, and the daemon runs as its child,
 where its own children are the only ones it ever sees. No interface between
 the reaper and the process service is needed.
 
-Cost: one extra process that only sleeps in `sigwaitinfo` (it shares the
-interpreter's pages with the daemon until either writes to them).
+Cost: one extra process that only sleeps in `sigwaitinfo`; measured in the
+frozen bundle, 16 MiB RSS of which 12 MiB are its own (PSS), the rest shared
+with the daemon.
 """
 
 from __future__ import annotations
