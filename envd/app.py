@@ -43,7 +43,9 @@ def _get(path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> Route
 def create_app(
     config: Config, exec_ctx: ExecContext | None = None, exporter: HTTPExporter | None = None
 ) -> Starlette:
-    exec_ctx = exec_ctx or ExecContext()
+    exec_ctx = exec_ctx or ExecContext(
+        default_user=config.default_user, default_workdir=config.default_workdir
+    )
     exec_ctx.internal_envs["E2B_SANDBOX"] = "false" if config.is_not_fc else "true"
     process = ProcessService(exec_ctx)
     filesystem = FilesystemService(exec_ctx)

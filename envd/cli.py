@@ -8,13 +8,20 @@ its trimmed output, so that line must stay exactly the upstream version.
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
 from envd import DEFAULT_PORT, ENVD_VERSION, __version__
+from envd.boot.frozen import restore_environment
+from envd.boot.init import split_if_pid1
 from envd.config import Config
+from envd.permissions.users import user_exists
+
+ENV_DEFAULT_USER = "ENVD_DEFAULT_USER"
+ENV_DEFAULT_WORKDIR = "ENVD_DEFAULT_WORKDIR"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +51,15 @@ FLAGS: tuple[Flag, ...] = (
         str,
         "/usr/local/share/ca-certificates/e2b-ca.crt",
         "where the installed CA is kept for update-ca-certificates",
+    ),
+    # Beyond upstream: the SDKs in debug mode never call /init, so a container
+    # needs another way to say who runs commands by default, and where.
+    Flag("default-user", str, "", f"initial default user (env {ENV_DEFAULT_USER}; default root)"),
+    Flag(
+        "default-workdir",
+        str,
+        "",
+        f"initial default working directory (env {ENV_DEFAULT_WORKDIR}; default: the user's home)",
     ),
 )
 _BY_NAME = {f.name: f for f in FLAGS}
@@ -110,7 +126,19 @@ def _print_usage(code: int, error: str | None = None) -> int:
     return code
 
 
-def config_from_flags(values: dict[str, bool | int | str]) -> Config:
+def config_from_flags(
+    values: dict[str, bool | int | str], environ: Mapping[str, str] | None = None
+) -> Config:
+    """The daemon's settings; a flag wins over its environment variable."""
+    environ = os.environ if environ is None else environ
+    user = str(values["default-user"]) or environ.get(ENV_DEFAULT_USER, "")
+    workdir = str(values["default-workdir"]) or environ.get(ENV_DEFAULT_WORKDIR, "") or None
+    # Only a user asked for is checked: upstream's implicit root is not (a bare
+    # rootfs may have no /etc/passwd at all).
+    if user and not user_exists(user):
+        raise UsageError(f"default user {user!r} does not exist in /etc/passwd")
+    if workdir is not None and not workdir.startswith("/"):
+        raise UsageError(f"default workdir {workdir!r} is not an absolute path")
     return Config(
         port=int(values["port"]),
         is_not_fc=bool(values["isnotfc"]),
@@ -122,6 +150,8 @@ def config_from_flags(values: dict[str, bool | int | str]) -> Config:
         hosts_path=str(values["hosts-file"]),
         ca_bundle_path=str(values["ca-bundle"]),
         ca_extra_path=str(values["ca-extra"]),
+        default_user=user or "root",
+        default_workdir=workdir,
     )
 
 
@@ -141,6 +171,15 @@ def main(
     if values["commit"]:
         print("")  # no build commit is injected into a Python package
         raise SystemExit(0)
+    try:
+        config = config_from_flags(values)
+    except UsageError as e:
+        sys.stderr.write(f"envd: {e}\n")
+        raise SystemExit(2) from None
+    # Before anything can spawn: children get the environment envd was started with,
+    # and as PID 1 the serving process is a child of a reaper (envd/boot/).
+    restore_environment()
+    split_if_pid1()
     if serve is None:
         from envd.server import serve  # noqa: PLC0415  # keep `-version` fast
-    raise SystemExit(serve(config_from_flags(values)))
+    raise SystemExit(serve(config))

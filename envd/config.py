@@ -23,3 +23,6 @@ class Config:
     hosts_path: str = "/etc/hosts"
     ca_bundle_path: str = "/etc/ssl/certs/ca-certificates.crt"
     ca_extra_path: str = "/usr/local/share/ca-certificates/e2b-ca.crt"
+    # Initial defaults for requests without a user/workdir (beyond upstream: -default-user).
+    default_user: str = "root"
+    default_workdir: str | None = None

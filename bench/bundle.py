@@ -1,0 +1,83 @@
+"""The frozen bundle's numbers for packaging/README.md: start to the first
+`/health` 204, idle RSS, size on disk, against the virtualenv daemon measured
+in the same run (the baseline).
+
+RSS is the sum over the daemon's process tree: the static variant runs as
+staticx's loader -> PyInstaller's onefile parent -> the interpreter.
+
+    make bundle && .venv/bin/python -m bench.bundle [runs]
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.common import summary
+from bench.startup import rss_mib, wait_health
+from tests.daemon import free_port
+
+DIST = Path(__file__).resolve().parent.parent / "dist"
+VARIANTS = {
+    "virtualenv (baseline)": [sys.executable, "-m", "envd"],
+    "onedir (dist/envd/envd)": [str(DIST / "envd" / "envd")],
+    "static (dist/envd-static)": [str(DIST / "envd-static")],
+}
+
+
+def tree(pid: int) -> list[int]:
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            pids += tree(int(child))
+    return pids
+
+
+def cold_start(command: list[str]) -> tuple[float, float]:
+    port = free_port()
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [*command, "-port", str(port), "-isnotfc"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_health(port, proc, timeout=30)
+        elapsed = time.perf_counter() - started
+        time.sleep(1.0)  # let start-up garbage settle before reading RSS
+        return elapsed, sum(rss_mib(p) for p in tree(proc.pid))
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def size_mib(path: Path) -> float:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) / 2**20
+
+
+def main() -> None:
+    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+    # Interleaved, so that a change in the machine's load hits every variant alike.
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in VARIANTS}
+    for _ in range(runs):
+        for name, command in VARIANTS.items():
+            results[name].append(cold_start(command))
+    base = None
+    for name, samples in results.items():
+        start = summary(f"{name}: start to /health 204", [r[0] for r in samples])
+        rss = statistics.median(r[1] for r in samples)
+        base = base or start["p50_ms"]
+        ratio = start["p50_ms"] / base
+        print(f"    idle RSS (median) {rss:.1f} MiB, start p50 = {ratio:.2f}x baseline")
+    for name in ("envd", "envd-static"):
+        print(f"size: dist/{name} {size_mib(DIST / name):.1f} MiB")
+    for tarball in sorted(DIST.glob("envd-overlay*.tar.gz")):
+        print(f"size: {tarball.name} {size_mib(tarball):.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
