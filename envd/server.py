@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import socket
 import sys
 
@@ -86,5 +87,10 @@ def serve(config: Config) -> int:
         return 1
     server = uvicorn.Server(uvicorn_config(config, exporter))
     with sock:
-        server.run(sockets=[sock])
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:
+            # uvicorn re-raises SIGINT after its graceful shutdown; the shutdown
+            # is done, so exit as a shell reports an interrupted program.
+            return 128 + signal.SIGINT
     return 0

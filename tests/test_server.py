@@ -94,3 +94,12 @@ def test_sigterm_stops_daemon_quickly() -> None:
     # status is "killed by SIGTERM", as for a Go program with no handler.
     assert daemon.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
     assert time.monotonic() - started < 2.0
+
+
+def test_sigint_exits_130_without_a_traceback() -> None:
+    daemon = Daemon().start()
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGINT)
+    assert daemon.proc.wait(5) == 130
+    assert "Traceback" not in daemon.output()
+    daemon.stop()
