@@ -394,10 +394,50 @@ def test_oversized_and_malformed_envelopes(envd: Daemon) -> None:
         headers={"content-type": "application/json"},
         timeout=30,
     )
-    assert r.status_code in (400, 500)
-    assert "code" in r.json()
+    assert r.status_code == 400
+    assert r.json()["code"] == "invalid_argument"
+    assert r.json()["message"].startswith("unmarshal into *process.ListRequest: ")
     # The daemon is still fine.
     assert unary_json(envd.url, "List", {}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("content_type", "payload"),
+    [
+        ("application/connect+json", b'{"process":{"cmd":'),
+        ("application/connect+json", b'{"process":{"cmd":7}}'),
+        ("application/connect+proto", b"\x0a\x05\x0a\x10"),  # length past the end
+        ("application/connect+proto", b"\xff\xff\xff"),
+    ],
+)
+def test_undecodable_stream_request_is_invalid_argument(
+    envd: Daemon, content_type: str, payload: bytes
+) -> None:
+    r = httpx.post(
+        envd.url + PROCESS + "Start",
+        content=envelope(payload),
+        headers={"content-type": content_type},
+        timeout=30,
+    )
+    frames = parse_envelopes(r.content)
+    assert [flags for flags, _ in frames] == [2]  # no start event: nothing was spawned
+    error = json.loads(frames[0][1])["error"]
+    assert error["code"] == "invalid_argument"
+    assert error["message"].startswith("unmarshal into *process.StartRequest: ")
+    # A bad request is the caller's fault, not a crash worth a traceback.
+    assert "Traceback" not in envd.output()
+
+
+def test_undecodable_unary_proto_is_400(envd: Daemon) -> None:
+    r = httpx.post(
+        envd.url + PROCESS + "SendSignal",
+        content=b"\x0a\x7f",
+        headers={"content-type": "application/proto"},
+        timeout=30,
+    )
+    assert r.status_code == 400
+    assert r.json()["code"] == "invalid_argument"
+    assert "Traceback" not in envd.output()
 
 
 def test_gzip_requests(envd: Daemon) -> None:
