@@ -9,7 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from e2b import Sandbox
+from e2b.connection_config import ConnectionConfig
+from packaging.version import Version
 
+from envd import ENVD_VERSION
 from tests.daemon import Daemon
 
 GATE_401 = (
@@ -64,3 +68,20 @@ class ControlDaemon(Daemon):
     def envs(self, token: str | None = None) -> httpx.Response:
         headers = {"X-Access-Token": token} if token else {}
         return httpx.get(self.url + "/envs", headers=headers, timeout=10)
+
+
+def sdk_sandbox(daemon: Daemon, token: str | None) -> Sandbox:
+    """The e2b SDK in debug mode with an envd access token, as for a secured sandbox.
+
+    `Sandbox.create()` in debug mode cannot carry a token, so build it directly.
+    """
+    headers = {"X-Access-Token": token} if token else {}
+    config = ConnectionConfig(debug=True, sandbox_url=daemon.url, extra_sandbox_headers=headers)
+    return Sandbox(
+        sandbox_id="debug",
+        sandbox_domain=None,
+        envd_version=Version(ENVD_VERSION),
+        envd_access_token=token,
+        traffic_access_token=None,
+        connection_config=config,
+    )

@@ -9,12 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2b import AuthenticationException, Sandbox
-from e2b.connection_config import ConnectionConfig
-from packaging.version import Version
+from e2b import AuthenticationException
 
-from envd import ENVD_VERSION
-from tests.control import GATE_401, ControlDaemon
+from tests.control import GATE_401, ControlDaemon, sdk_sandbox
 
 TOKEN = "0123456789abcdef" * 4
 
@@ -229,19 +226,6 @@ def test_plain_options_goes_through_gate_and_router(
 
 
 # --- the SDK with an access token ---------------------------------------------------------
-
-
-def sdk_sandbox(daemon: ControlDaemon, token: str | None) -> Sandbox:
-    headers = {"X-Access-Token": token} if token else {}
-    config = ConnectionConfig(debug=True, sandbox_url=daemon.url, extra_sandbox_headers=headers)
-    return Sandbox(
-        sandbox_id="debug",
-        sandbox_domain=None,
-        envd_version=Version(ENVD_VERSION),
-        envd_access_token=token,
-        traffic_access_token=None,
-        connection_config=config,
-    )
 
 
 def test_sdk_with_token_runs_commands_and_moves_files(secured: ControlDaemon) -> None:

@@ -13,13 +13,9 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from e2b import Sandbox
-from e2b.connection_config import ConnectionConfig
-from packaging.version import Version
 
-from envd import ENVD_VERSION
 from envd.api.signing import signature
-from tests.control import ControlDaemon
+from tests.control import ControlDaemon, sdk_sandbox
 
 TOKEN = "files-token-" + "f" * 20
 
@@ -117,20 +113,6 @@ def test_compose_is_behind_the_gate_not_signatures(secured: ControlDaemon) -> No
     r = httpx.post(secured.url + "/files/compose", json={})
     assert r.status_code == 401
     assert r.json()["message"].startswith("unauthorized access")
-
-
-def sdk_sandbox(daemon: ControlDaemon, token: str) -> Sandbox:
-    config = ConnectionConfig(
-        debug=True, sandbox_url=daemon.url, extra_sandbox_headers={"X-Access-Token": token}
-    )
-    return Sandbox(
-        sandbox_id="debug",
-        sandbox_domain=None,
-        envd_version=Version(ENVD_VERSION),
-        envd_access_token=token,
-        traffic_access_token=None,
-        connection_config=config,
-    )
 
 
 def test_sdk_signed_urls_work_with_plain_http(secured: ControlDaemon) -> None:

@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -28,7 +28,7 @@ from tests.connect_raw import (
     unary_json,
     unary_proto,
 )
-from tests.daemon import Daemon
+from tests.daemon import Daemon, wait_until
 
 DASH = "\u2014"
 
@@ -44,15 +44,6 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def live_pids(url: str) -> set[int]:

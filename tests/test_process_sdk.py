@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from e2b import (
@@ -17,18 +17,11 @@ from e2b import (
     TimeoutException,
 )
 
+from tests.daemon import wait_until
+
 
 def gone(pid: int) -> bool:
     return not os.path.exists(f"/proc/{pid}")
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 @pytest.fixture(autouse=True)
