@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
@@ -21,8 +22,10 @@ from envd.rpc.codec import FAST_ENCODERS
 from envd.rpc.context import request_state
 from envd.rpc.headers import keepalive_interval
 from envd.services.filesystem import operations
-from envd.services.filesystem.watch import FilesystemEvent, Watcher
 from envd.services.filesystem.wire import encode_list_dir
+
+if TYPE_CHECKING:
+    from envd.services.filesystem.watch import FilesystemEvent, Watcher
 
 FAST_ENCODERS[pb.ListDirResponse] = encode_list_dir
 
@@ -36,6 +39,26 @@ WATCHER_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz1234567890"
 
 def new_watcher_id() -> str:
     return "w" + "".join(secrets.choice(WATCHER_ID_ALPHABET) for _ in range(20))
+
+
+async def _open_watcher(
+    path: str,
+    request: pb.WatchDirRequest | pb.CreateWatcherRequest,
+    sink: Callable[[list[FilesystemEvent]], Awaitable[None]],
+    on_error: Callable[[str], None],
+) -> Watcher:
+    # inotify (ctypes, libc) is loaded by the first watch, not at start-up:
+    # most sandboxes never watch a directory.
+    from envd.services.filesystem.watch import Watcher  # noqa: PLC0415
+
+    return await Watcher.open(
+        path,
+        recursive=request.recursive,
+        include_entry=request.include_entry,
+        allow_network_mounts=request.allow_network_mounts,
+        sink=sink,
+        on_error=on_error,
+    )
 
 
 class PolledWatcher:
@@ -139,14 +162,7 @@ class FilesystemService(Filesystem):
             if not failure.done():
                 failure.set_result(message)
 
-        watcher = await Watcher.open(
-            path,
-            recursive=request.recursive,
-            include_entry=request.include_entry,
-            allow_network_mounts=request.allow_network_mounts,
-            sink=queue.put,
-            on_error=on_error,
-        )
+        watcher = await _open_watcher(path, request, queue.put, on_error)
         self._streams.add(watcher)
         disconnected = asyncio.ensure_future(request_state().disconnected.wait())
         getter: asyncio.Future[list[FilesystemEvent]] | None = None
@@ -192,14 +208,7 @@ class FilesystemService(Filesystem):
     ) -> pb.CreateWatcherResponse:
         path = self._resolve(request.path, self._user())
         polled = PolledWatcher()
-        polled.watcher = await Watcher.open(
-            path,
-            recursive=request.recursive,
-            include_entry=request.include_entry,
-            allow_network_mounts=request.allow_network_mounts,
-            sink=polled.add,
-            on_error=polled.fail,
-        )
+        polled.watcher = await _open_watcher(path, request, polled.add, polled.fail)
         watcher_id = new_watcher_id()
         self._polled[watcher_id] = polled
         return pb.CreateWatcherResponse(watcher_id=watcher_id)
