@@ -338,13 +338,20 @@ class ProcessHandle:
             ) from None
 
 
-def launch_process(
+async def launch_process(
     loop: asyncio.AbstractEventLoop,
     request: process_pb2.StartRequest,
     user: User,
     exec_ctx: ExecContext,
 ) -> ProcessHandle:
-    """Spawn the requested command; errors are the RPC errors upstream returns."""
+    """Spawn the requested command; errors are the RPC errors upstream returns.
+
+    The fork/exec itself runs in a worker thread: Popen waits until the child
+    has exec'd, several milliseconds that would otherwise stall every other
+    request (a burst of Starts held `/init` up for hundreds of ms). Callers
+    must not cancel this coroutine: the fds it hands to the child are closed
+    only once the spawn is over (see `ProcessService.start`).
+    """
     config = request.process
     command = launch.user_command(config.cmd, config.args)
     creds = launch.credentials(user)
@@ -358,8 +365,14 @@ def launch_process(
         master, slave = os.openpty()
         try:
             fcntl.ioctl(master, termios.TIOCSWINSZ, _winsize(rows, cols))
-            pid = launch.spawn(
-                argv, env, creds, cwd, launch.Stdio(slave, slave, slave), terminal=True
+            pid = await asyncio.to_thread(
+                launch.spawn,
+                argv,
+                env,
+                creds,
+                cwd,
+                launch.Stdio(slave, slave, slave),
+                terminal=True,
             )
         except (launch.SpawnError, OSError) as e:
             os.close(master)
@@ -400,8 +413,14 @@ def launch_process(
             stdin_r = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             child_fds.append(stdin_r)
         try:
-            pid = launch.spawn(
-                argv, env, creds, cwd, launch.Stdio(stdin_r, out_w, err_w), terminal=False
+            pid = await asyncio.to_thread(
+                launch.spawn,
+                argv,
+                env,
+                creds,
+                cwd,
+                launch.Stdio(stdin_r, out_w, err_w),
+                terminal=False,
             )
         except launch.SpawnError as e:
             raise ConnectError(

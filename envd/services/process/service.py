@@ -99,19 +99,39 @@ class ProcessService(Process):
         started = loop.time()
         deadline = request_deadline(ctx, loop)
         lifetime = process_lifetime(ctx)
-        handle = launch_process(loop, request, self._user(), self.exec_ctx)
-        subscriber = handle.fanout.subscribe(keepalive_interval(ctx.request_headers))
-        self.table.add(handle)
+        user = self._user()
+        keepalive = keepalive_interval(ctx.request_headers)
+        # Spawning and registering run to the end even if the client leaves
+        # meanwhile (as upstream: the process is started and kept); only then
+        # does a cancelled request drop its subscription.
         # The lifetime counts from the start of the request, as the deadline does.
-        handle.start(None if lifetime is None else started + lifetime)
+        kill_at = None if lifetime is None else started + lifetime
+        launched = asyncio.ensure_future(
+            self._launch(request, user, keepalive=keepalive, kill_at=kill_at)
+        )
+        try:
+            handle, subscriber = await asyncio.shield(launched)
+        except asyncio.CancelledError:
+            launched.add_done_callback(_drop_subscription)
+            raise
+        async for response in _events(pb.StartResponse, subscriber, handle.pid, deadline):
+            yield response
+
+    async def _launch(
+        self, request: pb.StartRequest, user: User, *, keepalive: float, kill_at: float | None
+    ) -> tuple[ProcessHandle, Subscriber]:
+        loop = asyncio.get_running_loop()
+        handle = await launch_process(loop, request, user, self.exec_ctx)
+        subscriber = handle.fanout.subscribe(keepalive)
+        self.table.add(handle)
+        handle.start(kill_at)
         log.info(
             "process_start pid=%d cmd=%r timeout=%s",
             handle.pid,
             " ".join([request.process.cmd, *request.process.args]),
-            lifetime,
+            None if kill_at is None else round(kill_at - loop.time(), 3),
         )
-        async for response in _events(pb.StartResponse, subscriber, handle.pid, deadline):
-            yield response
+        return handle, subscriber
 
     async def connect(
         self,
@@ -274,6 +294,14 @@ async def _events(
         if watcher is not None:
             watcher.cancel()
         subscriber.leave()
+
+
+def _drop_subscription(launched: asyncio.Future[tuple[ProcessHandle, Subscriber]]) -> None:
+    """A Start whose client left during the spawn: the process lives on, unsubscribed."""
+    if launched.cancelled() or launched.exception() is not None:
+        return  # nothing was started (the error had nobody left to hear it)
+    _handle, subscriber = launched.result()
+    subscriber.leave()
 
 
 async def _fail_on_disconnect(disconnected: asyncio.Event, subscriber: Subscriber) -> None:
