@@ -725,3 +725,32 @@ def test_sigterm_with_open_streams_stops_daemon_fast() -> None:
     finally:
         if daemon.proc is not None and daemon.proc.poll() is None:
             daemon.stop()
+
+
+def test_client_gone_before_start_event_still_registers_the_process(envd: Daemon) -> None:
+    """As upstream: a Start whose client left during the spawn still runs and is listed."""
+    tag = f"left-early-{os.getpid()}-{time.monotonic_ns()}"
+    body = json.dumps({"process": {"cmd": "/bin/sleep", "args": ["30"]}, "tag": tag}).encode()
+    request = (
+        b"POST /process.Process/Start HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/connect+json\r\n"
+        + f"Content-Length: {len(body) + 5}\r\n\r\n".encode()
+        + envelope(body)
+    )
+    base_fds = fd_count(envd.pid)
+    with socket.create_connection(("127.0.0.1", envd.port)) as sock:
+        sock.sendall(request)
+    # The connection is closed before any event could be read.
+
+    def tagged() -> list[dict[str, object]]:
+        listed = unary_json(envd.url, "List", {}).json().get("processes", [])
+        return [p for p in listed if p.get("tag") == tag]
+
+    assert wait_until(lambda: len(tagged()) == 1)
+    pid = int(tagged()[0]["pid"])  # type: ignore[call-overload]
+    assert alive(pid)
+    r = unary_json(envd.url, "SendSignal", {"process": {"tag": tag}, "signal": "SIGNAL_SIGKILL"})
+    assert r.status_code == 200
+    assert wait_until(lambda: not alive(pid) and not tagged())
+    # Nothing of the abandoned stream stays behind.
+    assert wait_until(lambda: fd_count(envd.pid) <= base_fds), (fd_count(envd.pid), base_fds)
