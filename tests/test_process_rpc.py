@@ -6,8 +6,10 @@ import base64
 import gzip
 import json
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from connectrpc.errors import ConnectError
 
 from envd.gen.process import process_pb2 as pb
 from envd.gen.process.process_connect import ProcessClient
+from envd.permissions.users import lookup_user, supplementary_groups
 from tests.connect_raw import (
     PROCESS,
     envelope,
@@ -754,3 +757,37 @@ def test_client_gone_before_start_event_still_registers_the_process(envd: Daemon
     assert wait_until(lambda: not alive(pid) and not tagged())
     # Nothing of the abandoned stream stays behind.
     assert wait_until(lambda: fd_count(envd.pid) <= base_fds), (fd_count(envd.pid), base_fds)
+
+
+def test_user_child_ids_directory_environment_and_signals(envd: Daemon) -> None:
+    """What a child started for another user sees, as after upstream's fork/exec."""
+    user = lookup_user("user")
+    expected_groups = sorted(set(supplementary_groups(user, int(user.gid))))
+    base = Path(tempfile.mkdtemp(prefix="envd-cwd-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        (base / "real").mkdir(mode=0o755)
+        (base / "link").symlink_to(base / "real")
+        script = (
+            "id -u; id -g; id -G; pwd -P; echo \"$PWD\"; env | grep -c '^OLDPWD=' || true;"
+            " yes | head -c 3; echo"
+        )
+        headers = {"authorization": "Basic " + base64.b64encode(b"user:").decode()}
+        events, end = stream_json(
+            envd.url,
+            "Start",
+            {"process": {"cmd": "/bin/sh", "args": ["-c", script], "cwd": str(base / "link")}},
+            headers,
+        )
+        assert end == {}
+        lines = output_of(events).decode().splitlines()
+        assert lines[0] == user.uid
+        assert lines[1] == user.gid
+        assert sorted(int(g) for g in lines[2].split()) == expected_groups
+        # The shell started there exports the physical path; no OLDPWD appears.
+        assert lines[3:6] == [str(base / "real"), str(base / "real"), "0"]
+        # SIGPIPE is back to its default for children (Python ignores it): `yes` just dies.
+        assert lines[6:8] == ["y", "y"]
+        assert output_of(events, "stderr") == b""
+    finally:
+        shutil.rmtree(base)

@@ -346,11 +346,13 @@ async def launch_process(
 ) -> ProcessHandle:
     """Spawn the requested command; errors are the RPC errors upstream returns.
 
-    The fork/exec itself runs in a worker thread: Popen waits until the child
-    has exec'd, several milliseconds that would otherwise stall every other
-    request (a burst of Starts held `/init` up for hundreds of ms). Callers
-    must not cancel this coroutine: the fds it hands to the child are closed
-    only once the spawn is over (see `ProcessService.start`).
+    Nothing here blocks the event loop for long: non-terminal children are
+    started with posix_spawn (see `launch.posix_spawn_process`), the others
+    with Popen in a worker thread, because Popen forks the whole daemon and
+    waits until the child has exec'd (a burst of Starts otherwise held `/init`
+    up for hundreds of ms). Callers must not cancel this coroutine: the fds it
+    hands to the child are closed only once the spawn is over (see
+    `ProcessService.start`).
     """
     config = request.process
     command = launch.user_command(config.cmd, config.args)
@@ -412,16 +414,21 @@ async def launch_process(
         else:
             stdin_r = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             child_fds.append(stdin_r)
+        stdio = launch.Stdio(stdin_r, out_w, err_w)
         try:
-            pid = await asyncio.to_thread(
-                launch.spawn,
-                argv,
-                env,
-                creds,
-                cwd,
-                launch.Stdio(stdin_r, out_w, err_w),
-                terminal=False,
-            )
+            spawned = launch.posix_spawn_process([config.cmd, *config.args], env, creds, cwd, stdio)
+            if spawned is None:
+                pid = await asyncio.to_thread(
+                    launch.spawn, argv, env, creds, cwd, stdio, terminal=False
+                )
+            else:
+                pid = spawned.pid
+                failed = launch.read_report(await _read_to_end(loop, spawned.report))
+                if failed is not None:
+                    # The shell exits right after reporting.
+                    await asyncio.to_thread(os.waitpid, pid, 0)
+                    text = launch.go_errno_text(failed)
+                    raise launch.SpawnError(f"fork/exec {launch.SHELL}: {text}")
         except launch.SpawnError as e:
             raise ConnectError(
                 Code.INVALID_ARGUMENT, f"error starting process '{command}': {e}"
@@ -436,6 +443,32 @@ async def launch_process(
     for fd in parent_fds:
         _nonblocking(fd)
     return _adopt(loop, pid, config, tag, {out_r: "stdout", err_r: "stderr"}, stdin=stdin_w)
+
+
+async def _read_to_end(loop: asyncio.AbstractEventLoop, fd: int) -> bytes:
+    """Everything written to a pipe until its writers close it; closes `fd`."""
+    done: asyncio.Future[None] = loop.create_future()
+    data = bytearray()
+
+    def readable() -> None:
+        try:
+            chunk = os.read(fd, 64)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        data.extend(chunk)
+        if not chunk and not done.done():
+            done.set_result(None)
+
+    os.set_blocking(fd, False)
+    loop.add_reader(fd, readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    return bytes(data)
 
 
 def _pipe_error(which: str, command: str, e: OSError) -> ConnectError:

@@ -9,11 +9,14 @@ error, as with Go's fork/exec.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import termios
 from collections.abc import Callable, Mapping, Sequence
@@ -81,9 +84,7 @@ def _priority_prefix() -> list[str]:
 
 def wrapper_argv(cmd: str, args: Sequence[str]) -> list[str]:
     """`/bin/sh -c '<script>' -- cmd args...`: `$0` is `--`, `"$@"` the user's argv."""
-    prefix = "".join(f"{part} " for part in _priority_prefix())
-    script = f'echo {OOM_SCORE_ADJ} > /proc/$$/oom_score_adj && exec {prefix}"${{@}}"'
-    return [SHELL, "-c", script, "--", cmd, *args]
+    return [SHELL, "-c", _wrapper_script(), "--", cmd, *args]
 
 
 def build_env(user: User, exec_ctx: ExecContext, request_envs: Mapping[str, str]) -> list[str]:
@@ -191,6 +192,126 @@ def spawn(
         os.close(report_r)
         if report_w >= 0:
             os.close(report_w)
+
+
+# posix_spawn (vfork+exec, about 0.1 ms on the event loop) needs a helper to
+# change user: Python's fork with setuid/setgroups holds the GIL for the ~2 ms
+# of copying the daemon's page tables, which stalled every other request
+# during a burst of Starts. util-linux's setpriv is on every Debian/Ubuntu/RHEL
+# image; without it we fall back to Popen.
+SETPRIV = shutil.which("setpriv", path=ENVD_PATH)
+
+
+@dataclass(slots=True)
+class Spawned:
+    """A child started by `posix_spawn_process`; `report` says whether its cwd worked."""
+
+    pid: int
+    report: int
+
+
+def posix_spawn_process(
+    command: Sequence[str],
+    env: list[str],
+    creds: Credentials,
+    cwd: str,
+    stdio: Stdio,
+) -> Spawned | None:
+    """Start a non-terminal child without forking the daemon; None where we cannot.
+
+    The child is `setpriv` (to the user) → `/bin/sh` → upstream's wrapper. The
+    shell changes directory as the user, as Go's fork/exec does after setuid,
+    and writes `0` (entered) or an errno to fd 3 before running the wrapper;
+    the caller reads that from `report` (see `read_report`) before the
+    process counts as started.
+    """
+    if any("\0" in entry for entry in env):
+        raise SpawnError("exec: environment variable contains NUL")
+    if any("\0" in arg for arg in command) or "\0" in cwd:
+        raise SpawnError(f"fork/exec {SHELL}: {go_errno_text(errno.EINVAL)}")
+    same_ids = (
+        creds.uid == os.getuid() == os.geteuid()
+        and creds.gid == os.getgid() == os.getegid()
+        and sorted(set(creds.groups)) == sorted(set(os.getgroups()))
+    )
+    if not same_ids and SETPRIV is None:
+        return None
+    if not os.path.isdir(cwd):
+        # As root the answer cannot depend on the user: chdir would fail the same.
+        raise SpawnError(f"fork/exec {SHELL}: {go_errno_text(errno.ENOTDIR)}")
+    env_map = dict(entry.partition("=")[::2] for entry in env)
+    argv = [SHELL, "-c", _cd_script(env_map, cwd) + _wrapper_script(), "--", cwd, *command]
+    if not same_ids:
+        groups = ",".join(str(g) for g in creds.groups)
+        argv = [
+            SETPRIV,  # type: ignore[list-item]  # checked above
+            f"--reuid={creds.uid}",
+            f"--regid={creds.gid}",
+            f"--groups={groups}" if groups else "--clear-groups",
+            "--",
+            *argv,
+        ]
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = os.posix_spawn(
+            argv[0],
+            argv,
+            env_map,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, stdio.stdin, 0),
+                (os.POSIX_SPAWN_DUP2, stdio.stdout, 1),
+                (os.POSIX_SPAWN_DUP2, stdio.stderr, 2),
+                (os.POSIX_SPAWN_DUP2, report_w, 3),
+            ],
+            setpgroup=0,
+            # What Popen's restore_signals does: Python ignores SIGPIPE and SIGXFSZ,
+            # and an ignored signal stays ignored across exec.
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+            setsigmask=(),
+        )
+    except OSError as e:
+        os.close(report_r)
+        raise SpawnError(f"fork/exec {SHELL}: {go_errno_text(e.errno or errno.EIO)}") from e
+    finally:
+        os.close(report_w)
+    return Spawned(pid, report_r)
+
+
+def _cd_script(env: Mapping[str, str], cwd: str) -> str:
+    """Enter cwd as the user, report on fd 3, and leave PWD/OLDPWD as a shell started there would.
+
+    Upstream's shell starts in the directory, so it exports PWD (the given
+    value when it names that directory, else the physical path) and no
+    OLDPWD; `cd` would add OLDPWD and pick its own PWD.
+    """
+    lines = [
+        f'cd -P -- "$1" 2>/dev/null || {{ echo {errno.EACCES} >&3; exit 126; }}',
+        "echo 0 >&3; exec 3>&-; shift",
+        f"OLDPWD={shlex.quote(env['OLDPWD'])}" if "OLDPWD" in env else "unset OLDPWD",
+    ]
+    given = env.get("PWD")
+    if given and os.path.isabs(given):
+        with contextlib.suppress(OSError):
+            if os.path.samefile(given, cwd):
+                lines.append(f"PWD={shlex.quote(given)}")
+    return "; ".join(lines) + "; "
+
+
+def _wrapper_script() -> str:
+    prefix = "".join(f"{part} " for part in _priority_prefix())
+    return f'echo {OOM_SCORE_ADJ} > /proc/$$/oom_score_adj && exec {prefix}"${{@}}"'
+
+
+def read_report(data: bytes) -> int | None:
+    """The errno the child reported for its cwd, None when it entered it."""
+    text = data.strip()
+    if text == b"0":
+        return None
+    try:
+        return int(text) or errno.EIO
+    except ValueError:
+        # No report at all: setpriv or the shell failed before the script ran.
+        return errno.EPERM
 
 
 def _popen(
