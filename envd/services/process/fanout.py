@@ -44,11 +44,18 @@ Item = Data | ExitStatus | _Keepalive
 
 
 class _Chunk:
-    __slots__ = ("data", "member")
+    """Output of one member queued for a subscriber: pieces joined once, when sent."""
 
-    def __init__(self, member: str, data: bytes | bytearray) -> None:
+    __slots__ = ("member", "parts", "size")
+
+    def __init__(self, member: str, data: bytes) -> None:
         self.member = member
-        self.data = data
+        self.parts = [data]
+        self.size = len(data)
+
+    def take(self) -> bytes:
+        parts = self.parts
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class Subscriber:
@@ -82,10 +89,9 @@ class Subscriber:
         items = self._items
         if items:
             tail = items[-1]
-            if type(tail) is _Chunk and tail.member == member and len(tail.data) < MERGE_LIMIT:
-                if type(tail.data) is bytes:
-                    tail.data = bytearray(tail.data)
-                tail.data += data
+            if type(tail) is _Chunk and tail.member == member and tail.size < MERGE_LIMIT:
+                tail.parts.append(data)
+                tail.size += len(data)
                 self.queued += len(data)
                 return  # the consumer is behind, so it is not waiting
         items.append(_Chunk(member, data))
@@ -114,11 +120,10 @@ class Subscriber:
             if self._items:
                 item = self._items.popleft()
                 if type(item) is _Chunk:
-                    data = item.data
-                    self.queued -= len(data)
+                    self.queued -= item.size
                     if self._fanout.paused and self.queued <= RESUME_LEVEL:
                         self._fanout.maybe_resume()
-                    return (item.member, data if type(data) is bytes else bytes(data))
+                    return (item.member, item.take())
                 return item
             waiter = self._waiter = self._loop.create_future()
             # The queue just ran empty, so "now" is when the last data event
