@@ -131,6 +131,14 @@ class SpawnError(Exception):
     """The child could not be started; the text is what Go's exec.Cmd.Start reports."""
 
 
+def check_nul(argv: Sequence[str], env: Sequence[str], cwd: str) -> None:
+    """NUL cannot cross execve; Go refuses it before forking, with these texts."""
+    if any("\0" in entry for entry in env):
+        raise SpawnError("exec: environment variable contains NUL")
+    if any("\0" in arg for arg in argv) or "\0" in cwd:
+        raise SpawnError(f"fork/exec {SHELL}: {go_errno_text(errno.EINVAL)}")
+
+
 @dataclass(slots=True)
 class Stdio:
     stdin: int
@@ -153,10 +161,7 @@ def spawn(
     reach everything they start; terminal children lead a new session with the
     terminal as controlling tty.
     """
-    if any("\0" in entry for entry in env):
-        raise SpawnError("exec: environment variable contains NUL")
-    if any("\0" in arg for arg in argv) or "\0" in cwd:
-        raise SpawnError(f"fork/exec {SHELL}: {go_errno_text(errno.EINVAL)}")
+    check_nul(argv, env, cwd)
     env_map = dict(entry.partition("=")[::2] for entry in env)
 
     # Changing directory as root is the same before or after setuid, and a
@@ -225,10 +230,7 @@ def posix_spawn_process(
     the caller reads that from `report` (see `read_report`) before the
     process counts as started.
     """
-    if any("\0" in entry for entry in env):
-        raise SpawnError("exec: environment variable contains NUL")
-    if any("\0" in arg for arg in command) or "\0" in cwd:
-        raise SpawnError(f"fork/exec {SHELL}: {go_errno_text(errno.EINVAL)}")
+    check_nul(command, env, cwd)
     same_ids = (
         creds.uid == os.getuid() == os.geteuid()
         and creds.gid == os.getgid() == os.getegid()
