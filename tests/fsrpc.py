@@ -43,8 +43,8 @@ def envelope(message: dict[str, Any]) -> bytes:
     return struct.pack(">BI", 0, len(payload)) + payload
 
 
-def frames(response: httpx.Response) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(flags, JSON) of each Connect streaming frame as it arrives."""
+def raw_frames(response: httpx.Response) -> Iterator[tuple[int, bytes]]:
+    """(flags, payload) of each Connect streaming frame as it arrives."""
     buf = b""
     for chunk in response.iter_raw():
         buf += chunk
@@ -52,8 +52,14 @@ def frames(response: httpx.Response) -> Iterator[tuple[int, dict[str, Any]]]:
             flags, size = struct.unpack(">BI", buf[:5])
             if len(buf) < 5 + size:
                 break
-            yield flags, json.loads(buf[5 : 5 + size])
+            yield flags, buf[5 : 5 + size]
             buf = buf[5 + size :]
+
+
+def frames(response: httpx.Response) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(flags, JSON) of each Connect streaming frame as it arrives."""
+    for flags, payload in raw_frames(response):
+        yield flags, json.loads(payload)
 
 
 def watch(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from envd.gen.process import process_pb2 as ppb
 from envd.rpc.codec import CompactJSONCodec
 from envd.services.filesystem.legacy import to_legacy
 from tests.daemon import Daemon
+from tests.fsrpc import raw_frames
 
 SERVICE = "/filesystem.Filesystem/"
 LEGACY = {"User-Agent": "connect-python"}
@@ -237,18 +237,6 @@ def test_polling_watcher_reduced(envd: Daemon, tmp_path: Path, binary: bool) -> 
 # --- the WatchDir stream ------------------------------------------------------
 
 
-def stream_frames(response: httpx.Response) -> Iterator[tuple[int, bytes]]:
-    buf = b""
-    for chunk in response.iter_raw():
-        buf += chunk
-        while len(buf) >= 5:
-            flags, size = struct.unpack(">BI", buf[:5])
-            if len(buf) < 5 + size:
-                break
-            yield flags, buf[5 : 5 + size]
-            buf = buf[5 + size :]
-
-
 def open_watch(
     client: httpx.Client, url: str, request: pb.WatchDirRequest, binary: bool, headers: dict
 ) -> Any:
@@ -287,7 +275,7 @@ def test_watch_dir_stream_reduced(envd: Daemon, tmp_path: Path, binary: bool) ->
     with httpx.Client() as client, open_watch(client, envd.url, request, binary, headers) as r:
         assert r.status_code == 200
         assert r.headers["x-e2b-legacy-sdk"] == "true"
-        for flags, payload in stream_frames(r):
+        for flags, payload in raw_frames(r):
             assert flags == 0, payload  # the stream must not end
             case, inner = decode_watch(payload, binary)
             seen.append((case, inner))
@@ -313,7 +301,7 @@ def test_watch_dir_full_shape_without_legacy_agent(
     request = pb.WatchDirRequest(path=str(tmp_path), include_entry=True)
     with httpx.Client() as client, open_watch(client, envd.url, request, binary, {}) as r:
         assert "x-e2b-legacy-sdk" not in r.headers
-        for flags, payload in stream_frames(r):
+        for flags, payload in raw_frames(r):
             assert flags == 0, payload
             case, inner = decode_watch(payload, binary)
             if case == "start":
@@ -353,7 +341,7 @@ def test_stream_error_passes_through(envd: Daemon, tmp_path: Path, binary: bool)
     with httpx.Client() as client:
         for headers in ({}, LEGACY):
             with open_watch(client, envd.url, request, binary, headers) as r:
-                frames = list(stream_frames(r))
+                frames = list(raw_frames(r))
                 legacy_header = r.headers.get("x-e2b-legacy-sdk")
             assert [flags for flags, _ in frames] == [2]
             ends.append((json.loads(frames[0][1]), legacy_header))

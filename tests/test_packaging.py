@@ -26,6 +26,7 @@ from envd.boot.frozen import restore
 from envd.cli import UsageError, config_from_flags, parse_flags
 from tests import sdk_smoke
 from tests.daemon import Daemon, free_port
+from tests.procfs import children, state
 
 REPO = Path(__file__).resolve().parent.parent
 OVERLAY = REPO / "rootfs-overlay"
@@ -195,22 +196,6 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0)
     raise RuntimeError("daemon did not become healthy")
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(p) for p in (task / "children").read_text().split()]
-    return found
-
-
-def state(pid: int) -> str:
-    """Process state letter (Z = zombie), '' once the pid is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return ""
-    return stat.rsplit(")", 1)[1].split()[0]
-
-
 @pytest.fixture
 def pid1(tmp_path: Path) -> Iterator[Pid1Daemon]:
     if shutil.which("unshare") is None or shutil.which("nsenter") is None:
@@ -237,7 +222,7 @@ def test_pid1_serves_from_a_child_and_reaps_orphans(pid1: Pid1Daemon) -> None:
     while time.monotonic() < deadline and any(state(p) for p in orphans):
         time.sleep(0.1)
     assert [state(p) for p in orphans] == ["", "", ""], "orphans left as zombies"
-    assert children(pid1.init) == [daemon]
+    assert children(pid1.init) == {daemon}
     with urllib.request.urlopen(f"http://127.0.0.1:{pid1.port}/health", timeout=5) as r:
         assert r.status == 204
 

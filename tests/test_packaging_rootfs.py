@@ -23,6 +23,7 @@ import pytest
 from envd import ENVD_VERSION, __version__
 from tests import sdk_smoke
 from tests.daemon import free_port
+from tests.procfs import children, state
 
 REPO = Path(__file__).resolve().parent.parent
 DIST = REPO / "dist"
@@ -138,21 +139,6 @@ def debian_rootfs(dest: Path) -> None:
         timeout=1800,
     ).stdout.strip()
     subprocess.run(["tar", "-C", str(dest), "-xf", tarball], check=True)
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(p) for p in (task / "children").read_text().split()]
-    return found
-
-
-def state(pid: int) -> str:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return ""
-    return stat.rsplit(")", 1)[1].split()[0]
 
 
 class Booted:
@@ -275,7 +261,7 @@ def test_rootfs_orphans_are_reaped(booted: Booted) -> None:
     while time.monotonic() < deadline and any(state(p) for p in orphans):
         time.sleep(0.1)
     assert [state(p) for p in orphans] == ["", "", ""], "orphans left as zombies"
-    assert children(booted.init) == [daemon]
+    assert children(booted.init) == {daemon}
 
 
 def test_rootfs_sdk_runs_a_command_as_user(booted: Booted) -> None:

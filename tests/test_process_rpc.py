@@ -32,6 +32,7 @@ from tests.connect_raw import (
     unary_proto,
 )
 from tests.daemon import Daemon, wait_until
+from tests.procfs import children, fd_count, state
 
 DASH = "\u2014"
 
@@ -42,11 +43,7 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     # A zombie still answers kill -0; it is not running.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    return state(pid) not in ("", "Z")
 
 
 def live_pids(url: str) -> set[int]:
@@ -626,18 +623,6 @@ def test_kill_reaps_at_once(envd: Daemon) -> None:
     unary_json(envd.url, "SendSignal", {"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"})
     # No subscriber: still reaped promptly (kill -0 fails, not even a zombie).
     assert wait_until(lambda: not os.path.exists(f"/proc/{pid}"), timeout=5)
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def children(pid: int) -> set[int]:
-    out: set[int] = set()
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/children") as f:
-            out |= {int(x) for x in f.read().split()}
-    return out
 
 
 def test_disconnect_mid_stream_leaks_nothing(envd: Daemon) -> None:
