@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -24,6 +25,19 @@ def parse_envelopes(body: bytes) -> list[tuple[int, bytes]]:
         out.append((flags, body[5 : 5 + size]))
         body = body[5 + size :]
     return out
+
+
+def raw_frames(response: httpx.Response) -> Iterator[tuple[int, bytes]]:
+    """(flags, payload) of each Connect streaming frame as it arrives."""
+    buf = b""
+    for chunk in response.iter_raw():
+        buf += chunk
+        while len(buf) >= 5:
+            flags, size = struct.unpack(">BI", buf[:5])
+            if len(buf) < 5 + size:
+                break
+            yield flags, buf[5 : 5 + size]
+            buf = buf[5 + size :]
 
 
 def stream_json(

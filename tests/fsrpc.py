@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 
+from tests.connect_raw import raw_frames
+
 SERVICE = "/filesystem.Filesystem/"
 
 
@@ -41,19 +43,6 @@ def error(url: str, method: str, body: dict[str, Any], user: str | None = None) 
 def envelope(message: dict[str, Any]) -> bytes:
     payload = json.dumps(message).encode()
     return struct.pack(">BI", 0, len(payload)) + payload
-
-
-def raw_frames(response: httpx.Response) -> Iterator[tuple[int, bytes]]:
-    """(flags, payload) of each Connect streaming frame as it arrives."""
-    buf = b""
-    for chunk in response.iter_raw():
-        buf += chunk
-        while len(buf) >= 5:
-            flags, size = struct.unpack(">BI", buf[:5])
-            if len(buf) < 5 + size:
-                break
-            yield flags, buf[5 : 5 + size]
-            buf = buf[5 + size :]
 
 
 def frames(response: httpx.Response) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -22,8 +22,8 @@ from envd.gen.legacy import filesystem_pb2 as old
 from envd.gen.process import process_pb2 as ppb
 from envd.rpc.codec import CompactJSONCodec
 from envd.services.filesystem.legacy import to_legacy
+from tests.connect_raw import raw_frames
 from tests.daemon import Daemon
-from tests.fsrpc import raw_frames
 
 SERVICE = "/filesystem.Filesystem/"
 LEGACY = {"User-Agent": "connect-python"}

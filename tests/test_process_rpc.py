@@ -26,6 +26,7 @@ from tests.connect_raw import (
     PROCESS,
     envelope,
     parse_envelopes,
+    raw_frames,
     stream_json,
     stream_proto,
     unary_json,
@@ -653,8 +654,13 @@ def test_disconnect_mid_stream_leaks_nothing(envd: Daemon) -> None:
     assert wait_until(lambda: fd_count(envd.pid) <= base_fds), (fd_count(envd.pid), base_fds)
 
 
-def test_slow_subscriber_does_not_stall_fast_one(envd: Daemon) -> None:
-    pid = start_background(envd.url, "sleep 1; head -c 40000000 /dev/zero")
+def test_slow_subscriber_does_not_stall_fast_one(envd: Daemon, tmp_path: Path) -> None:
+    # Output starts only once both subscribers are attached (output read with no
+    # subscriber is discarded, so an early start would make the count flaky).
+    go = tmp_path / "go"
+    pid = start_background(
+        envd.url, f"while [ ! -e {go} ]; do sleep 0.02; done; head -c 40000000 /dev/zero"
+    )
     # A client that never reads, with a tiny receive buffer.
     slow = socket.socket()
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -667,20 +673,33 @@ def test_slow_subscriber_does_not_stall_fast_one(envd: Daemon) -> None:
         + body
     )
     try:
+        slow.settimeout(30)
+        head = b""
+        while b'{"event":{"start"' not in head:  # subscribed: its start event was sent
+            head += slow.recv(4096)
         started = time.monotonic()
-        events, end = stream_json(envd.url, "Connect", {"process": {"pid": pid}})
-        assert end == {}
-        total = sum(
-            len(base64.b64decode(e["event"]["data"]["stdout"]))
-            for e in events
-            if "data" in e["event"]
-        )
+        total = 0
+        with httpx.stream(
+            "POST",
+            envd.url + PROCESS + "Connect",
+            content=envelope(json.dumps({"process": {"pid": pid}}).encode()),
+            headers={"content-type": "application/connect+json"},
+            timeout=60,
+        ) as r:
+            frames = raw_frames(r)
+            assert next(frames) == (0, b'{"event":{"start":{"pid":%d}}}' % pid)
+            go.touch()
+            for flags, payload in frames:
+                if flags & 2:
+                    assert json.loads(payload) == {}
+                    break
+                event = json.loads(payload)["event"]
+                if "data" in event:
+                    total += len(base64.b64decode(event["data"]["stdout"]))
         assert total == 40_000_000
         assert time.monotonic() - started < 60
         # The slow client was cut off with a clear error once it held up the other.
-        slow.setblocking(True)
-        slow.settimeout(30)
-        received = b""
+        received = head
         while b"aborted" not in received:
             chunk = slow.recv(1 << 20)
             if not chunk:
