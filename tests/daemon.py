@@ -24,6 +24,26 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0) -> bool:
     return bool(predicate())
 
 
+def wait_healthy(
+    url: str,
+    proc: subprocess.Popen[bytes],
+    timeout: float = 30.0,
+    output: Callable[[], str] = str,
+) -> None:
+    """Poll `GET /health` until 204; fail early if `proc` exits, with `output()` attached."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"envd exited with {proc.returncode}:\n{output()}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1) as r:
+                if r.status == 204:
+                    return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"envd did not become healthy at {url}:\n{output()}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -57,17 +77,8 @@ class Daemon:
             stderr=subprocess.STDOUT,
             env=self.env,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"envd exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
-                    if r.status == 204:
-                        return self
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"envd did not become healthy:\n{self.output()}")
+        wait_healthy(self.url, self.proc, timeout, self.output)
+        return self
 
     def output(self) -> str:
         return Path(self.log_path).read_text(errors="replace")

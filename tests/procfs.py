@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 
@@ -21,6 +22,14 @@ def state(pid: int) -> str:
     except FileNotFoundError:
         return ""
     return stat.rsplit(")", 1)[1].split()[0]
+
+
+def states_after_reaping(pids: list[int], timeout: float = 30.0) -> list[str]:
+    """The pids' states once all are gone (reaped) or `timeout` passed; '' means gone."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(state(p) for p in pids):
+        time.sleep(0.1)
+    return [state(p) for p in pids]
 
 
 def fd_count(pid: int) -> int:

@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,8 +24,8 @@ import yaml
 from envd.boot.frozen import restore
 from envd.cli import UsageError, config_from_flags, parse_flags
 from tests import sdk_smoke
-from tests.daemon import Daemon, free_port
-from tests.procfs import children, state
+from tests.daemon import Daemon, free_port, wait_healthy
+from tests.procfs import children, states_after_reaping
 
 REPO = Path(__file__).resolve().parent.parent
 OVERLAY = REPO / "rootfs-overlay"
@@ -182,20 +181,6 @@ class Pid1Daemon:
         self.log.close()
 
 
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"daemon exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1) as r:
-                if r.status == 204:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("daemon did not become healthy")
-
-
 @pytest.fixture
 def pid1(tmp_path: Path) -> Iterator[Pid1Daemon]:
     if shutil.which("unshare") is None or shutil.which("nsenter") is None:
@@ -218,10 +203,7 @@ def test_pid1_serves_from_a_child_and_reaps_orphans(pid1: Pid1Daemon) -> None:
     )
     orphans = [p for p in children(pid1.init) if p != daemon]
     assert len(orphans) == 3
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(state(p) for p in orphans):
-        time.sleep(0.1)
-    assert [state(p) for p in orphans] == ["", "", ""], "orphans left as zombies"
+    assert states_after_reaping(orphans) == ["", "", ""], "orphans left as zombies"
     assert children(pid1.init) == {daemon}
     with urllib.request.urlopen(f"http://127.0.0.1:{pid1.port}/health", timeout=5) as r:
         assert r.status == 204

@@ -22,8 +22,8 @@ import pytest
 
 from envd import ENVD_VERSION, __version__
 from tests import sdk_smoke
-from tests.daemon import free_port
-from tests.procfs import children, state
+from tests.daemon import free_port, wait_healthy
+from tests.procfs import children, states_after_reaping
 
 REPO = Path(__file__).resolve().parent.parent
 DIST = REPO / "dist"
@@ -175,24 +175,11 @@ class Booted:
             stderr=subprocess.STDOUT,
         )
         try:
-            self.wait_healthy()
+            wait_healthy(self.url, self.proc, 60.0, self.output)
         except RuntimeError:
             self.stop()
             raise
         (self.init,) = children(self.proc.pid)
-
-    def wait_healthy(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"envd exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
-                    if r.status == 204:
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"envd did not become healthy:\n{self.output()}")
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -257,10 +244,7 @@ def test_rootfs_orphans_are_reaped(booted: Booted) -> None:
     )
     orphans = [p for p in children(booted.init) if p != daemon]
     assert len(orphans) == 3
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(state(p) for p in orphans):
-        time.sleep(0.1)
-    assert [state(p) for p in orphans] == ["", "", ""], "orphans left as zombies"
+    assert states_after_reaping(orphans) == ["", "", ""], "orphans left as zombies"
     assert children(booted.init) == {daemon}
 
 
@@ -384,9 +368,9 @@ def test_systemd_boots_enables_and_restarts_envd(systemd_root: Path) -> None:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    url = f"http://127.0.0.1:{port}/health"
+    url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_health(url, nspawn)
+        wait_healthy(url, nspawn, 120.0)
         (init,) = children(nspawn.pid)
         assert in_container(init, "systemctl", "is-enabled", "envd") == "enabled"
         assert in_container(init, "systemctl", "is-active", "envd") == "active"
@@ -403,7 +387,7 @@ def test_systemd_boots_enables_and_restarts_envd(systemd_root: Path) -> None:
         while time.monotonic() < deadline and envd_pids(init) in ([], [envd]):
             time.sleep(0.1)
         assert envd_pids(init) not in ([], [envd])
-        wait_for_health(url, nspawn)
+        wait_healthy(url, nspawn, 120.0)
     finally:
         nspawn.terminate()  # a clean power-off of the container
         try:
@@ -412,16 +396,3 @@ def test_systemd_boots_enables_and_restarts_envd(systemd_root: Path) -> None:
             nspawn.kill()
             nspawn.wait()
         log.close()
-
-
-def wait_for_health(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"exited with {proc.returncode}"
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 204:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"{url} did not answer 204")
