@@ -18,9 +18,9 @@ async function sandbox(envdUrl, accessToken) {
 }
 
 window.envdTest = {
-  async runCommand(envdUrl, cmd, accessToken) {
+  async runCommand(envdUrl, cmd, accessToken, user) {
     const sbx = await sandbox(envdUrl, accessToken)
-    const result = await sbx.commands.run(cmd)
+    const result = await sbx.commands.run(cmd, { user })
     return { exitCode: result.exitCode, stdout: result.stdout, stderr: result.stderr }
   },
 
