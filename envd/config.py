@@ -26,3 +26,6 @@ class Config:
     # Initial defaults for requests without a user/workdir (beyond upstream: -default-user).
     default_user: str = "root"
     default_workdir: str | None = None
+    # Unread output kept for the next Connect (services/process/backlog.py).
+    output_buffer_stream: int = 1 << 20
+    output_buffer_total: int = 64 << 20
