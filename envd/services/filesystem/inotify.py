@@ -117,4 +117,4 @@ def statfs_type(path: str) -> int:
     """`f_type` of the filesystem holding `path` (following symlinks)."""
     buf = _Statfs()
     _check(_libc.statfs(os.fsencode(path), ctypes.byref(buf)), path)
-    return buf.f_type & 0xFFFFFFFF
+    return int(buf.f_type) & 0xFFFFFFFF

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import AsyncIterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
@@ -281,7 +281,8 @@ async def _events(
         while True:
             item = await subscriber.next()
             if type(item) is tuple:
-                yield DataChunk(*item)  # type: ignore[misc]  # wire-ready stand-in, see wire.py
+                # A wire-ready stand-in for the message (see wire.py), which both codecs encode.
+                yield cast(Response, DataChunk(*item))
             elif item is KEEPALIVE:
                 yield keepalive
             else:
