@@ -15,15 +15,11 @@ from dataclasses import dataclass
 from json import scanner
 from typing import Any
 
+from envd.host.nfs import VolumeMount
+
 
 class InitBodyError(ValueError):
     pass
-
-
-@dataclass(frozen=True, slots=True)
-class VolumeMount:
-    nfs_target: str
-    path: str
 
 
 @dataclass(slots=True)

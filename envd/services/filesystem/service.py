@@ -15,11 +15,10 @@ from connectrpc.request import RequestContext
 from envd.execcontext import ExecContext
 from envd.gen.filesystem import filesystem_pb2 as pb
 from envd.gen.filesystem.filesystem_connect import Filesystem
-from envd.permissions.basic_auth import request_user
 from envd.permissions.paths import PathError, expand_and_resolve
 from envd.permissions.users import User
 from envd.rpc.codec import FAST_ENCODERS
-from envd.rpc.context import request_state
+from envd.rpc.context import basic_auth_or_default_user, request_state
 from envd.rpc.headers import keepalive_interval
 from envd.services.filesystem import operations
 from envd.services.filesystem.wire import encode_list_dir
@@ -107,7 +106,7 @@ class FilesystemService(Filesystem):
     # -- request plumbing --
 
     def _user(self) -> User:
-        return request_user(self.exec_ctx.default_user)
+        return basic_auth_or_default_user(self.exec_ctx.default_user)
 
     def _resolve(self, path: str, user: User) -> str:
         try:

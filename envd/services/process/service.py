@@ -20,9 +20,8 @@ from connectrpc.request import RequestContext
 from envd.execcontext import ExecContext
 from envd.gen.process import process_pb2 as pb
 from envd.gen.process.process_connect import Process
-from envd.permissions.basic_auth import request_user
 from envd.permissions.users import User
-from envd.rpc.context import request_state
+from envd.rpc.context import basic_auth_or_default_user, request_state
 from envd.rpc.headers import keepalive_interval
 from envd.services.process.fanout import KEEPALIVE, Subscriber
 from envd.services.process.handler import ProcessHandle, launch_process
@@ -88,7 +87,7 @@ class ProcessService(Process):
             self._table.close()
 
     def _user(self) -> User:
-        return request_user(self.exec_ctx.default_user)
+        return basic_auth_or_default_user(self.exec_ctx.default_user)
 
     # --- streams ---------------------------------------------------------
 
