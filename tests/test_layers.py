@@ -105,6 +105,8 @@ def imports(path: Path, text: str | None = None, module: str | None = None) -> I
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
                 targets.append(sub if is_module(sub) else base)
+        else:
+            continue
         for target in targets:
             if (target == "envd" or target.startswith("envd.")) and not target.startswith(
                 "envd.gen"
