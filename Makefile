@@ -27,11 +27,13 @@ $(PACKAGING_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,packaging]'
 	touch $@
 
-# Lint, then the whole suite against real daemons on free ports and a headless
+# Lint (ruff; mypy --strict over envd, tests, bench and scripts, configured in
+# pyproject.toml), then the whole suite against real daemons on free ports and a headless
 # chromium (the frozen bundle's tests are `make test-rootfs`).
 test: $(STAMP) $(PACKAGING_STAMP) system browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -m "not rootfs" $(PYTEST_ARGS)
 
 # debootstrap, systemd-nspawn, unshare, readelf (root: installs what is missing).
@@ -55,6 +57,7 @@ test-rootfs: $(PACKAGING_STAMP) system overlay
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python -m mypy
 
 # Regenerates envd/gen from proto/ (tests/test_generated.py fails when it is stale).
 generate: $(STAMP)
@@ -79,4 +82,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache $(BROWSER)/node_modules $(BROWSER)/dist
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache $(BROWSER)/node_modules $(BROWSER)/dist

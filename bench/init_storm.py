@@ -25,6 +25,7 @@ import tempfile
 import time
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -137,7 +138,9 @@ async def run_load(url: str, streams: int) -> None:
         await asyncio.sleep(0.5)
         if probe.done() and not probe.result():
             print("pollers", flush=True)
-            load = [asyncio.create_task(poller(client, url, stop)) for _ in range(streams)]
+            load: list[asyncio.Task[Any]] = [
+                asyncio.create_task(poller(client, url, stop)) for _ in range(streams)
+            ]
         else:
             print("streams", flush=True)
             load = [probe] + [

@@ -11,6 +11,7 @@ byte is decoded and counted, and must all be zero.
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import struct
 import subprocess
@@ -28,7 +29,7 @@ JSON_STDOUT = b'{"event":{"data":{"stdout":"'
 def pipe_baseline(size: int) -> float:
     started = time.perf_counter()
     proc = subprocess.Popen(["head", "-c", str(size), "/dev/zero"], stdout=subprocess.PIPE)
-    assert proc.stdout is not None
+    assert isinstance(proc.stdout, io.BufferedReader)
     total = 0
     while chunk := proc.stdout.read1(1 << 20):
         total += len(chunk)

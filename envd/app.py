@@ -12,8 +12,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 
-from envd.api.auth import AccessTokenMiddleware
-from envd.api.cors import CORSMiddleware
 from envd.api.envs import get_envs, get_metrics
 from envd.api.files.routes import file_routes
 from envd.api.health import health
@@ -25,9 +23,11 @@ from envd.execcontext import ExecContext
 from envd.gen.filesystem.filesystem_connect import FilesystemASGIApplication
 from envd.gen.process.process_connect import ProcessASGIApplication
 from envd.logs import HTTPExporter
-from envd.permissions.basic_auth import BasicAuthMiddleware
+from envd.middleware.access_token import AccessTokenMiddleware
+from envd.middleware.basic_auth import BasicAuthMiddleware
+from envd.middleware.cors import CORSMiddleware
+from envd.middleware.state import RequestStateMiddleware
 from envd.rpc.codec import codecs
-from envd.rpc.context import RequestStateMiddleware
 from envd.services.filesystem.legacy import LegacyInterceptor
 from envd.services.filesystem.service import FilesystemService
 from envd.services.process.backlog import Retention

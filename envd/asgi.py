@@ -16,5 +16,6 @@ def header(scope: Scope, name: bytes) -> str | None:
     """First value of a request header (name in lower case), decoded as latin-1."""
     for key, value in scope.get("headers", ()):
         if key == name:
-            return value.decode("latin-1")
+            text: str = value.decode("latin-1")
+            return text
     return None

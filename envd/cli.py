@@ -196,5 +196,7 @@ def main(
     restore_environment()
     split_if_pid1()
     if serve is None:
-        from envd.server import serve  # noqa: PLC0415  # keep `-version` fast
+        from envd.server import serve as serve_config  # noqa: PLC0415  # keep `-version` fast
+
+        serve = serve_config
     raise SystemExit(serve(config))

@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any
 
-from envd.host import http
+from envd import httpclient
 
 MAX_LINE_BYTES = 192 << 10
 MAX_BUFFERED_BYTES = 8 << 20
@@ -175,7 +175,7 @@ class HTTPExporter(logging.Handler):
             _stderr(f"error adding instance logging options to JSON: {e}")
             return
         try:
-            status, _ = await http.request(
+            status, _ = await httpclient.request(
                 "POST",
                 self._address,
                 [("Content-Type", "application/json")],
@@ -183,8 +183,8 @@ class HTTPExporter(logging.Handler):
                 limit_s=EXPORT_TIMEOUT_S,
             )
             if not 200 <= status < 300:
-                raise http.HTTPError(f"collector returned {status}")
-        except (OSError, TimeoutError, http.HTTPError) as e:
+                raise httpclient.HTTPError(f"collector returned {status}")
+        except (OSError, TimeoutError, httpclient.HTTPError) as e:
             allowed, suppressed = self._send_errors.allow()
             if allowed:
                 _stderr(

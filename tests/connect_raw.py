@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
 PROCESS = "/process.Process/"
+
+M = TypeVar("M", bound=Message)
 
 
 def envelope(payload: bytes, flags: int = 0) -> bytes:
@@ -60,9 +62,9 @@ def stream_proto(
     url: str,
     method: str,
     message: Message,
-    response_type: type[Message],
+    response_type: type[M],
     headers: dict[str, str] | None = None,
-) -> tuple[list[Message], dict[str, Any]]:
+) -> tuple[list[M], dict[str, Any]]:
     """A server-stream call with the binary codec."""
     r = httpx.post(
         url + PROCESS + method,

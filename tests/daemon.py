@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0) -> bool:
@@ -70,7 +71,7 @@ class Daemon:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, timeout: float = 15.0) -> Daemon:
+    def start(self, timeout: float = 15.0) -> Self:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "envd", *self.args],
             stdout=self.log,
@@ -96,7 +97,7 @@ class Daemon:
         os.unlink(self.log_path)
         return self.proc.returncode
 
-    def __enter__(self) -> Daemon:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *_exc: object) -> None:

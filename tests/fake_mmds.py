@@ -32,7 +32,7 @@ class FakeMMDS:
     @property
     def address_port(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"{host}:{port}"
+        return f"{host!s}:{port}"
 
     @property
     def collector_url(self) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from e2b import Sandbox
 from e2b.sandbox.commands.command_handle import PtySize
-from e2b.sandbox.filesystem.watch_handle import FilesystemEventType
+from e2b.sandbox.filesystem.watch_handle import FilesystemEvent, FilesystemEventType
 
 
 @contextlib.contextmanager
@@ -72,7 +72,7 @@ def files_write_read_watch(url: str) -> None:
         assert info.path == f"/home/user/{name}.txt"
         assert sbx.files.read(f"/home/user/{name}.txt", user="user") == "hello envd"
         deadline = time.monotonic() + 10
-        seen = []
+        seen: list[FilesystemEvent] = []
         while time.monotonic() < deadline and not any(e.name == f"{name}.txt" for e in seen):
             seen.extend(handle.get_new_events())
             time.sleep(0.1)

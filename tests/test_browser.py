@@ -91,9 +91,9 @@ def drive(page_url: str, *calls: tuple[str, list[Any]]) -> dict[str, Any]:
             check=False,
         )
     except subprocess.TimeoutExpired as e:
-        pytest.fail(f"chromium driver timed out; stderr:\n{e.stderr}")
+        pytest.fail(f"chromium driver timed out; stderr:\n{e.stderr!s}")
     try:
-        report = json.loads(done.stdout)
+        report: dict[str, Any] = json.loads(done.stdout)
     except json.JSONDecodeError:
         pytest.fail(f"driver exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
     assert "fatal" not in report, f"{report['fatal']}\nconsole: {report['console']}\n{done.stderr}"
@@ -111,7 +111,7 @@ def result(report: dict[str, Any], index: int) -> Any:
 
 
 def preflight_to(report: dict[str, Any], url: str) -> dict[str, Any]:
-    found = [p for p in report["preflights"] if p["url"].startswith(url)]
+    found: list[dict[str, Any]] = [p for p in report["preflights"] if p["url"].startswith(url)]
     assert found, f"no preflight to {url}; preflights: {report['preflights']}"
     return found[0]
 

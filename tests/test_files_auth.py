@@ -7,7 +7,7 @@ wrote nothing. URLs are signed by our own module and by the e2b SDK.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -33,13 +33,16 @@ def open_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlDae
         yield d
 
 
-def url(daemon: ControlDaemon, path: str, query: dict[str, str | int | None]) -> str:
+Query = dict[str, str | int | None]
+
+
+def url(daemon: ControlDaemon, path: str, query: Query) -> str:
     parts = [f"path={quote(path)}"]
     parts += [f"{k}={quote(str(v))}" for k, v in query.items() if v is not None]
     return f"{daemon.url}/files?{'&'.join(parts)}"
 
 
-def signed(path: str, operation: str, expiration: int | None = None) -> dict[str, str | int | None]:
+def signed(path: str, operation: str, expiration: int | None = None) -> Query:
     return {
         "username": "root",
         "signature": signature(path, operation, "root", TOKEN, expiration),
@@ -51,7 +54,7 @@ FUTURE = int(time.time()) + 3600
 PAST = int(time.time()) - 10
 
 # case → (query builder(path, op), header, expected status, expected message or None)
-CASES = {
+CASES: dict[str, tuple[Callable[[str, str], Query], str | None, int, str | None]] = {
     "no-signature": (lambda p, op: {"username": "root"}, None, 401,
                      "missing signature query parameter"),
     "valid": (signed, None, 200, None),
@@ -102,7 +105,7 @@ def test_upload_matrix(secured: ControlDaemon, case: str) -> None:
 
 def test_without_a_token_signatures_are_ignored(open_daemon: ControlDaemon) -> None:
     path = open_daemon.root / "open.txt"
-    query = {"username": "root", "signature": "v1_garbage", "signature_expiration": PAST}
+    query: Query = {"username": "root", "signature": "v1_garbage", "signature_expiration": PAST}
     r = httpx.post(url(open_daemon, str(path), query), content=b"x",
                    headers={"Content-Type": "application/octet-stream"})  # fmt: skip
     assert r.status_code == 200

@@ -8,6 +8,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2b import (
@@ -57,11 +58,12 @@ def test_write_text_then_read_text_bytes_and_stream(sandbox: Sandbox, tmp_path: 
 
 def test_large_binary_round_trip_every_way(sandbox: Sandbox, tmp_path: Path) -> None:
     data = os.urandom(3 << 20) + bytes(5 << 20)  # incompressible and compressible halves
-    for name, kwargs in [
+    variants: list[tuple[str, dict[str, Any]]] = [
         ("multipart", {}),
         ("octet", {"use_octet_stream": True}),
         ("gzip", {"gzip": True}),
-    ]:
+    ]
+    for name, kwargs in variants:
         path = str(tmp_path / name)
         sandbox.files.write(path, data, **kwargs)
         assert Path(path).read_bytes() == data, name

@@ -130,7 +130,9 @@ def test_fast_list_dir_json_matches_protojson(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "fifo")
     (tmp_path / "é ü").write_text("")
     message = filesystem_pb2.ListDirResponse(entries=list_dir(str(tmp_path), 1))
-    extra = filesystem_pb2.EntryInfo(name="s", is_symlink=True, type=3, symlink_target="")
+    extra = filesystem_pb2.EntryInfo(
+        name="s", is_symlink=True, type=filesystem_pb2.FILE_TYPE_SYMLINK, symlink_target=""
+    )
     message.entries.append(extra)
     expected = json_format.MessageToDict(message)
     assert json.loads(encode_list_dir(message)) == expected

@@ -186,7 +186,8 @@ def watch_error(envd: Daemon, body: dict[str, Any]) -> dict[str, Any]:
     assert len(got) == 1
     flags, end = got[0]
     assert flags == 2  # end-of-stream frame, no start before it
-    return end["error"]
+    error: dict[str, Any] = end["error"]
+    return error
 
 
 def test_watch_dir_validation_errors(envd: Daemon, tmp_path: Path) -> None:
@@ -294,7 +295,7 @@ def test_dir_renamed_within_and_moved_out(envd: Daemon, tmp_path: Path) -> None:
         next(stream)
 
         def names(count: int) -> list[tuple[str, str]]:
-            out = []
+            out: list[tuple[str, str]] = []
             while len(out) < count:
                 frame = next(stream)[1]
                 if "filesystem" in frame:

@@ -238,7 +238,11 @@ def test_polling_watcher_reduced(envd: Daemon, tmp_path: Path, binary: bool) -> 
 
 
 def open_watch(
-    client: httpx.Client, url: str, request: pb.WatchDirRequest, binary: bool, headers: dict
+    client: httpx.Client,
+    url: str,
+    request: pb.WatchDirRequest,
+    binary: bool,
+    headers: dict[str, str],
 ) -> Any:
     payload = request.SerializeToString() if binary else json_format.MessageToJson(request).encode()
     return client.stream(

@@ -16,6 +16,7 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -23,6 +24,7 @@ import yaml
 
 from envd.boot.frozen import restore
 from envd.cli import UsageError, config_from_flags, parse_flags
+from envd.config import Config
 from tests import sdk_smoke
 from tests.daemon import Daemon, free_port, wait_healthy
 from tests.procfs import children, states_after_reaping
@@ -71,7 +73,7 @@ def test_restore_keeps_an_empty_original_value() -> None:
 # --- initial default user and workdir (beyond upstream) ----------------------
 
 
-def config(*argv: str, **environ: str):
+def config(*argv: str, **environ: str) -> Config:
     return config_from_flags(parse_flags(argv), environ)
 
 
@@ -319,7 +321,7 @@ def test_dockerfile_runs_envd_as_upstreams_debug_image_does() -> None:
 # --- Kubernetes ---------------------------------------------------------------
 
 
-def resources(name: str) -> list[dict]:
+def resources(name: str) -> list[dict[str, Any]]:
     return [r for r in yaml.safe_load_all((K8S / name).read_text()) if r]
 
 
@@ -336,13 +338,14 @@ def test_sandbox_template_pod_validates_as_a_pod() -> None:
     with pytest.raises(kubernetes_validate.SchemaNotFoundError):
         kubernetes_validate.validate(template, K8S_VERSION, strict=True)
     # ...but its pod template is a plain Pod.
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "envd"}}
+    pod: dict[str, Any] = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "envd"}}
     pod["spec"] = template["spec"]["podTemplate"]["spec"]
     kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
     assert pod["spec"]["runtimeClassName"] in ("gvisor", "kata-fc")
 
 
-def envd_container(pod_spec: dict) -> dict:
+def envd_container(pod_spec: dict[str, Any]) -> dict[str, Any]:
+    container: dict[str, Any]
     (container,) = pod_spec["containers"]
     return container
 

@@ -12,7 +12,9 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -45,6 +47,10 @@ def alive(pid: int) -> bool:
         return False
     # A zombie still answers kill -0; it is not running.
     return state(pid) not in ("", "Z")
+
+
+def gone(pid: int) -> bool:
+    return not alive(pid)
 
 
 def live_pids(url: str) -> set[int]:
@@ -84,13 +90,13 @@ def start_background(url: str, script: str, **extra: object) -> int:
     return int(event["event"]["start"]["pid"])
 
 
-def run_json(url: str, script: str, **extra: object) -> tuple[list[dict], dict]:
+def run_json(url: str, script: str, **extra: object) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return stream_json(
         url, "Start", {"process": {"cmd": "/bin/sh", "args": ["-c", script]}, **extra}
     )
 
 
-def output_of(events: list[dict], member: str = "stdout") -> bytes:
+def output_of(events: list[dict[str, Any]], member: str = "stdout") -> bytes:
     return b"".join(
         base64.b64decode(e["event"]["data"][member])
         for e in events
@@ -120,7 +126,7 @@ def test_start_event_order_and_exit_zero_json(envd: Daemon) -> None:
                            "error": "signal: terminated"}),
     ],
 )  # fmt: skip
-def test_end_event_strings(envd: Daemon, script: str, end: dict) -> None:
+def test_end_event_strings(envd: Daemon, script: str, end: dict[str, Any]) -> None:
     events, _ = run_json(envd.url, script)
     assert events[-1]["event"]["end"] == end
 
@@ -202,13 +208,13 @@ def test_environment_is_built_from_scratch(envd: Daemon) -> None:
 # --- errors ------------------------------------------------------------------------
 
 
-def err(r: httpx.Response) -> tuple[int, dict]:
+def err(r: httpx.Response) -> tuple[int, dict[str, Any]]:
     return r.status_code, r.json()
 
 
 @pytest.mark.parametrize("method", ["Update", "SendInput", "SendSignal", "CloseStdin"])
 def test_unknown_pid_and_tag(envd: Daemon, method: str) -> None:
-    body: dict = {"process": {"pid": 999999}}
+    body: dict[str, Any] = {"process": {"pid": 999999}}
     if method == "SendSignal":
         body["signal"] = "SIGNAL_SIGKILL"
     assert err(unary_json(envd.url, method, body)) == (
@@ -316,7 +322,7 @@ def test_stdin_write_after_reader_exited(envd: Daemon) -> None:
                                  "fork/exec /bin/sh: invalid argument"),
     ],
 )  # fmt: skip
-def test_start_invalid_argument(envd: Daemon, process: dict, message: str) -> None:
+def test_start_invalid_argument(envd: Daemon, process: dict[str, Any], message: str) -> None:
     events, end = stream_json(envd.url, "Start", {"process": {"cmd": "/bin/true", **process}})
     assert events == []
     assert end == {"error": {"code": "invalid_argument", "message": message}}
@@ -532,7 +538,7 @@ def test_tag_selection_with_several_tags(envd: Daemon) -> None:
     for tag, pid in pids.items():
         r = unary_json(envd.url, "SendSignal", {"process": {"tag": tag}, "signal": 9})
         assert r.status_code == 200, r.text
-        assert wait_until(lambda pid=pid: not alive(pid))
+        assert wait_until(partial(gone, pid))
 
 
 def test_list_shows_config_as_given(envd: Daemon) -> None:
@@ -548,7 +554,7 @@ def test_list_shows_config_as_given(envd: Daemon) -> None:
 def test_stream_input(envd: Daemon) -> None:
     pid = start_background(envd.url, "cat")
 
-    def messages(*items: dict) -> bytes:
+    def messages(*items: dict[str, Any]) -> bytes:
         return b"".join(envelope(json.dumps(m).encode()) for m in items)
 
     url = envd.url + PROCESS + "StreamInput"
@@ -585,7 +591,9 @@ async def test_connectrpc_client_binary_and_json(envd: Daemon) -> None:
         assert events[-1].end.status == "exit status 0"
         with pytest.raises(ConnectError) as info:
             await client.send_signal(
-                pb.SendSignalRequest(process=pb.ProcessSelector(pid=999999), signal=9)
+                pb.SendSignalRequest(
+                    process=pb.ProcessSelector(pid=999999), signal=pb.SIGNAL_SIGKILL
+                )
             )
         assert info.value.code == Code.NOT_FOUND
         assert info.value.message == "process with pid 999999 not found"

@@ -41,7 +41,9 @@ def _messages(
     return out
 
 
-def _field_sig(f: descriptor_pb2.FieldDescriptorProto, m: descriptor_pb2.DescriptorProto) -> tuple:
+def _field_sig(
+    f: descriptor_pb2.FieldDescriptorProto, m: descriptor_pb2.DescriptorProto
+) -> tuple[object, ...]:
     oneof = m.oneof_decl[f.oneof_index].name if f.HasField("oneof_index") else None
     # json_name is derived from the name (compared) and is absent from CopyToProto output.
     return (f.number, f.type, f.label, f.type_name, f.proto3_optional, oneof)
@@ -76,7 +78,7 @@ def test_enums_match(ours: object, sdk: object) -> None:
 
 @pytest.mark.parametrize(("ours", "sdk"), PAIRS, ids=["process", "filesystem"])
 def test_services_match(ours: object, sdk: object) -> None:
-    def methods(p: descriptor_pb2.FileDescriptorProto) -> dict[str, tuple]:
+    def methods(p: descriptor_pb2.FileDescriptorProto) -> dict[str, tuple[object, ...]]:
         return {
             f"{s.name}/{m.name}": (
                 m.input_type,

@@ -17,11 +17,11 @@ import time
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from envd import ENVD_VERSION
+from envd import ENVD_VERSION, httpclient
 from envd.api.init_request import InitBodyError, InitRequest, parse_init_body
 from envd.api.store import ControlPlane
 from envd.asgi import Receive
-from envd.host import clock, http
+from envd.host import clock
 from envd.host.cacerts import CAInstallError, CAInstallInProgress
 from envd.host.hosts import rewrite_hosts_file
 from envd.host.mmds import MMDSError
@@ -137,11 +137,11 @@ async def _check_mmds_hash(cp: ControlPlane, requested: str | None) -> tuple[boo
         return False, False
     try:
         expected = await cp.mmds.access_token_hash()
-    except (OSError, TimeoutError, http.HTTPError, MMDSError):
+    except (OSError, TimeoutError, httpclient.HTTPError, MMDSError):
         await cp.pinner.pin()
         try:
             expected = await cp.mmds.access_token_hash()
-        except (OSError, TimeoutError, http.HTTPError, MMDSError) as e:
+        except (OSError, TimeoutError, httpclient.HTTPError, MMDSError) as e:
             log.warning("reading the access token hash from MMDS failed: %s", e)
             return False, False
     if not expected:

@@ -15,15 +15,11 @@ from dataclasses import dataclass
 from json import scanner
 from typing import Any
 
+from envd.host.nfs import VolumeMount
+
 
 class InitBodyError(ValueError):
     pass
-
-
-@dataclass(frozen=True, slots=True)
-class VolumeMount:
-    nfs_target: str
-    path: str
 
 
 @dataclass(slots=True)
@@ -42,7 +38,7 @@ class InitRequest:
         return "InitRequest(...)"
 
 
-class _Pairs(list):
+class _Pairs(list[tuple[str, Any]]):
     """A decoded JSON object as its (key, value) pairs in source order."""
 
     __slots__ = ()
@@ -55,7 +51,10 @@ class _EscapedStr(str):
 
 
 def _parse_string(s: str, end: int, strict: bool = True) -> tuple[str, int]:
-    value, new_end = json.decoder.scanstring(s, end, strict)
+    # The decoder's own string scanner (C or Python), which typeshed does not declare.
+    value: str
+    new_end: int
+    value, new_end = json.decoder.scanstring(s, end, strict)  # type: ignore[attr-defined]
     if "\\" in s[end : new_end - 1]:
         return _EscapedStr(value), new_end
     return value, new_end
@@ -70,6 +69,8 @@ def _decoder() -> json.JSONDecoder:
 
 
 _DECODER = _decoder()
+# The whitespace JSON allows around a value (what json.loads skips).
+_JSON_SPACE = " \t\n\r"
 
 _FIELDS = {
     name.lower(): name
@@ -129,10 +130,10 @@ def parse_init_body(body: bytes) -> InitRequest:
     """Decode a non-empty body; raises InitBodyError for anything Go would refuse."""
     try:
         text = body.decode("utf-8")
-        data, end = _DECODER.raw_decode(text, json.decoder.WHITESPACE.match(text, 0).end())
+        data, end = _DECODER.raw_decode(text, len(text) - len(text.lstrip(_JSON_SPACE)))
     except (UnicodeDecodeError, ValueError) as e:
         raise InitBodyError(str(e)) from None
-    if text[end:].strip(" \t\r\n"):
+    if text[end:].strip(_JSON_SPACE):
         raise InitBodyError("invalid character after top-level value")
     request = InitRequest()
     if data is None:

@@ -1,4 +1,5 @@
-"""The access token installed by `/init`, compared in constant time.
+"""The access token installed by `/init`, compared in constant time, and the
+header a request presents it in.
 
 Upstream keeps it in mlock'ed memory (memguard). CPython cannot pin or wipe
 its objects reliably, so we keep one `bytes` object and drop it on rotation;
@@ -8,6 +9,10 @@ docs/security.md says what that does and does not protect.
 from __future__ import annotations
 
 import hmac
+
+from envd.asgi import Scope
+
+ACCESS_TOKEN_HEADER = b"x-access-token"
 
 
 class AccessToken:
@@ -46,3 +51,11 @@ class AccessToken:
 
     def __repr__(self) -> str:  # never print the secret
         return f"AccessToken(set={self.is_set()})"
+
+
+def access_token_header(scope: Scope) -> bytes | None:
+    """The request's `X-Access-Token` (first one), as sent."""
+    for key, value in scope.get("headers", ()):
+        if key == ACCESS_TOKEN_HEADER:
+            return bytes(value)
+    return None

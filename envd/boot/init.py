@@ -53,7 +53,7 @@ def reap(daemon: int) -> int | None:
             result = exit_status(status)
 
 
-def supervise(daemon: int, watched: set[int]) -> int:
+def supervise(daemon: int, watched: set[signal.Signals]) -> int:
     """PID 1's loop: forward signals to the daemon, reap everything, end with the daemon."""
     while True:
         info = signal.sigwaitinfo(watched)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from envd.host import http
+from envd import httpclient
 from envd.host.nfs import run
 from envd.logs import RateLimiter
 
@@ -76,7 +76,7 @@ class MMDSClient:
         self.base = f"http://{address}"
 
     async def token(self) -> str:
-        _status, body = await http.request(
+        _status, body = await httpclient.request(
             "PUT",
             self.base + "/latest/api/token",
             [("X-metadata-token-ttl-seconds", str(TOKEN_TTL_S))],
@@ -88,7 +88,7 @@ class MMDSClient:
 
     async def opts(self) -> MMDSOpts:
         token = await self.token()
-        _status, body = await http.request(
+        _status, body = await httpclient.request(
             "GET",
             self.base + "/",
             [("X-metadata-token", token), ("Accept", "application/json")],
@@ -181,7 +181,7 @@ class MMDSPoller:
                     return
                 try:
                     opts = await self.client.opts()
-                except (OSError, TimeoutError, http.HTTPError, MMDSError) as e:
+                except (OSError, TimeoutError, httpclient.HTTPError, MMDSError) as e:
                     last_error = e
                     continue
                 await self._apply(opts)

@@ -11,8 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from envd.api.init_request import VolumeMount
+
+@dataclass(frozen=True, slots=True)
+class VolumeMount:
+    """One `/init` volume: the NFS export and where it is mounted."""
+
+    nfs_target: str
+    path: str
+
 
 MOUNT_BUDGET_S = 10.0
 LAZY_UMOUNT_S = 2.0

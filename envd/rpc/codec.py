@@ -72,5 +72,5 @@ class CompactJSONCodec(Codec[Message, Any]):
         return message
 
 
-def codecs() -> list[Codec]:
+def codecs() -> list[Codec[Message, Any]]:
     return [ProtoBinaryCodec(), CompactJSONCodec()]

@@ -1,9 +1,10 @@
 """Per-request state that Connect handlers cannot reach through connectrpc's ctx.
 
 connectrpc hands handlers a `RequestContext` without the ASGI scope, so the
-outer middleware publishes what handlers need in a ContextVar. The Connect app
-runs the handler (and iterates a server stream) in the task that called it,
-so the value set by the middleware is the one the handler sees.
+outer middleware (envd/middleware/state.py, basic_auth.py) publishes what
+handlers need in a ContextVar. The Connect app runs the handler (and iterates a
+server stream) in the task that called it, so the value set by the middleware
+is the one the handler sees.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import asyncio
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from envd.asgi import ASGIApp, Message, Receive, Scope, Send
-from envd.permissions.users import User
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+
+from envd.permissions.users import User, UserLookupError, lookup_user
 
 
 @dataclass(slots=True)
@@ -36,28 +39,20 @@ def request_state() -> RequestState:
         return state
 
 
-class RequestStateMiddleware:
-    """Creates the request's `RequestState` and notices client disconnects.
+def basic_auth_or_default_user(default_user: str) -> User:
+    """The user an RPC acts as: the Basic-auth user, else the default user.
 
-    The Connect runtime only checks for a disconnect between two stream
-    messages; a stream that waits for process output must learn it at once so
-    that it can unsubscribe and free its resources.
+    The default user is looked up only when needed, so an `/init` naming a
+    user that does not exist fails the requests that would use it.
     """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        state = RequestState()
-        current_request.set(state)
-
-        async def tracking_receive() -> Message:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                state.disconnected.set()
-            return message
-
-        await self.app(scope, tracking_receive, send)
+    user = request_state().user
+    if user is not None:
+        return user
+    if not default_user:
+        raise ConnectError(Code.UNAUTHENTICATED, "no user specified")
+    try:
+        return lookup_user(default_user)
+    except UserLookupError:
+        raise ConnectError(
+            Code.UNAUTHENTICATED, f"invalid default user: '{default_user}'"
+        ) from None

@@ -7,9 +7,9 @@ import errno
 from starlette.requests import Request
 
 from envd.api import signing
-from envd.api.auth import access_token_header
 from envd.api.files.errors import FilesError
 from envd.api.files.query import FileParams
+from envd.api.token import access_token_header
 from envd.execcontext import ExecContext
 from envd.permissions.paths import PathError, expand_and_resolve
 from envd.permissions.users import User, UserLookupError, lookup_user

@@ -36,7 +36,7 @@ def _consume_value(v: str) -> tuple[str, str]:
         return "", ""
     if v[0] != '"':
         return _consume_token(v)
-    out = []
+    out: list[str] = []
     i = 1
     while i < len(v):
         c = v[i]

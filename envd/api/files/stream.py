@@ -11,6 +11,7 @@ import asyncio
 import os
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 
 from envd.api.files.serve import Segment
 from envd.asgi import Receive, Scope, Send
@@ -56,12 +57,12 @@ def _segment_jobs(fd: int, segments: list[Segment]) -> Iterator[Callable[[], byt
     for segment in segments:
         if segment.data:
             data = segment.data
-            yield lambda data=data: data
+            yield partial(bytes, data)
             continue
         offset, remaining = segment.offset, segment.length
         while remaining > 0:
             size = min(CHUNK, remaining)
-            yield lambda offset=offset, size=size: _pread_full(fd, size, offset)
+            yield partial(_pread_full, fd, size, offset)
             offset += size
             remaining -= size
 

@@ -14,17 +14,14 @@ import os
 import struct
 from dataclasses import dataclass
 
-IN_ACCESS = 0x00000001
 IN_MODIFY = 0x00000002
 IN_ATTRIB = 0x00000004
-IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_FROM = 0x00000040
 IN_MOVED_TO = 0x00000080
 IN_CREATE = 0x00000100
 IN_DELETE = 0x00000200
 IN_DELETE_SELF = 0x00000400
 IN_MOVE_SELF = 0x00000800
-IN_UNMOUNT = 0x00002000
 IN_Q_OVERFLOW = 0x00004000
 IN_IGNORED = 0x00008000
 IN_ONLYDIR = 0x01000000
@@ -117,4 +114,4 @@ def statfs_type(path: str) -> int:
     """`f_type` of the filesystem holding `path` (following symlinks)."""
     buf = _Statfs()
     _check(_libc.statfs(os.fsencode(path), ctypes.byref(buf)), path)
-    return buf.f_type & 0xFFFFFFFF
+    return int(buf.f_type) & 0xFFFFFFFF

@@ -10,7 +10,7 @@ service only.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from connectrpc.request import RequestContext
 from google.protobuf.message import Message
@@ -22,17 +22,27 @@ LEGACY_USER_AGENT = "connect-python"
 NOTIFY_HEADER = "x-e2b-legacy-sdk"
 
 
-def is_legacy(ctx: RequestContext) -> bool:
+def is_legacy(ctx: RequestContext[Any, Any]) -> bool:
     # The first value, compared whole and case-sensitively, as Go's Header.Get.
     return ctx.request_headers.get("user-agent") == LEGACY_USER_AGENT
 
 
+# The enums are converted by number, as upstream's Go conversion: the old
+# FileType has no symlink, whose 3 passes through as an unknown value.
+def _file_type(value: pb.FileType) -> old.FileType:
+    return cast(old.FileType, int(value))
+
+
+def _event_type(value: pb.EventType) -> old.EventType:
+    return cast(old.EventType, int(value))
+
+
 def _entry(entry: pb.EntryInfo) -> old.EntryInfo:
-    return old.EntryInfo(name=entry.name, type=entry.type, path=entry.path)
+    return old.EntryInfo(name=entry.name, type=_file_type(entry.type), path=entry.path)
 
 
 def _event(event: pb.FilesystemEvent) -> old.FilesystemEvent:
-    return old.FilesystemEvent(name=event.name, type=event.type)
+    return old.FilesystemEvent(name=event.name, type=_event_type(event.type))
 
 
 def _watch(message: pb.WatchDirResponse) -> old.WatchDirResponse:
@@ -82,9 +92,9 @@ class LegacyInterceptor:
 
     async def intercept_unary(
         self,
-        call_next: Callable[[Any, RequestContext], Awaitable[Any]],
+        call_next: Callable[[Any, RequestContext[Any, Any]], Awaitable[Any]],
         request: Any,
-        ctx: RequestContext,
+        ctx: RequestContext[Any, Any],
     ) -> Any:
         response = await call_next(request, ctx)
         # Only successful unary responses are marked (an error never gets here).
@@ -95,9 +105,9 @@ class LegacyInterceptor:
 
     def intercept_server_stream(
         self,
-        call_next: Callable[[Any, RequestContext], AsyncIterator[Any]],
+        call_next: Callable[[Any, RequestContext[Any, Any]], AsyncIterator[Any]],
         request: Any,
-        ctx: RequestContext,
+        ctx: RequestContext[Any, Any],
     ) -> AsyncIterator[Any]:
         stream = call_next(request, ctx)
         if not is_legacy(ctx):

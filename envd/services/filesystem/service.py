@@ -6,7 +6,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
@@ -15,11 +15,10 @@ from connectrpc.request import RequestContext
 from envd.execcontext import ExecContext
 from envd.gen.filesystem import filesystem_pb2 as pb
 from envd.gen.filesystem.filesystem_connect import Filesystem
-from envd.permissions.basic_auth import request_user
 from envd.permissions.paths import PathError, expand_and_resolve
 from envd.permissions.users import User
 from envd.rpc.codec import FAST_ENCODERS
-from envd.rpc.context import request_state
+from envd.rpc.context import basic_auth_or_default_user, request_state
 from envd.rpc.headers import keepalive_interval
 from envd.services.filesystem import operations
 from envd.services.filesystem.wire import encode_list_dir
@@ -107,7 +106,7 @@ class FilesystemService(Filesystem):
     # -- request plumbing --
 
     def _user(self) -> User:
-        return request_user(self.exec_ctx.default_user)
+        return basic_auth_or_default_user(self.exec_ctx.default_user)
 
     def _resolve(self, path: str, user: User) -> str:
         try:
@@ -117,30 +116,40 @@ class FilesystemService(Filesystem):
 
     # -- unary --
 
-    async def stat(self, request: pb.StatRequest, ctx: RequestContext) -> pb.StatResponse:
+    async def stat(
+        self, request: pb.StatRequest, ctx: RequestContext[pb.StatRequest, pb.StatResponse]
+    ) -> pb.StatResponse:
         path = self._resolve(request.path, self._user())
         entry = await asyncio.to_thread(operations.stat_entry, path)
         return pb.StatResponse(entry=entry)
 
-    async def make_dir(self, request: pb.MakeDirRequest, ctx: RequestContext) -> pb.MakeDirResponse:
+    async def make_dir(
+        self, request: pb.MakeDirRequest, ctx: RequestContext[pb.MakeDirRequest, pb.MakeDirResponse]
+    ) -> pb.MakeDirResponse:
         user = self._user()
         path = self._resolve(request.path, user)
         entry = await asyncio.to_thread(operations.make_dir, path, user)
         return pb.MakeDirResponse(entry=entry)
 
-    async def move(self, request: pb.MoveRequest, ctx: RequestContext) -> pb.MoveResponse:
+    async def move(
+        self, request: pb.MoveRequest, ctx: RequestContext[pb.MoveRequest, pb.MoveResponse]
+    ) -> pb.MoveResponse:
         user = self._user()
         source = self._resolve(request.source, user)
         destination = self._resolve(request.destination, user)
         entry = await asyncio.to_thread(operations.move, source, destination, user)
         return pb.MoveResponse(entry=entry)
 
-    async def list_dir(self, request: pb.ListDirRequest, ctx: RequestContext) -> pb.ListDirResponse:
+    async def list_dir(
+        self, request: pb.ListDirRequest, ctx: RequestContext[pb.ListDirRequest, pb.ListDirResponse]
+    ) -> pb.ListDirResponse:
         path = self._resolve(request.path, self._user())
         entries = await asyncio.to_thread(operations.list_dir, path, request.depth)
         return pb.ListDirResponse(entries=entries)
 
-    async def remove(self, request: pb.RemoveRequest, ctx: RequestContext) -> pb.RemoveResponse:
+    async def remove(
+        self, request: pb.RemoveRequest, ctx: RequestContext[pb.RemoveRequest, pb.RemoveResponse]
+    ) -> pb.RemoveResponse:
         path = self._resolve(request.path, self._user())
         await asyncio.to_thread(operations.remove, path)
         return pb.RemoveResponse()
@@ -148,7 +157,9 @@ class FilesystemService(Filesystem):
     # -- watching --
 
     async def watch_dir(
-        self, request: pb.WatchDirRequest, ctx: RequestContext
+        self,
+        request: pb.WatchDirRequest,
+        ctx: RequestContext[pb.WatchDirRequest, pb.WatchDirResponse],
     ) -> AsyncIterator[pb.WatchDirResponse]:
         path = self._resolve(request.path, self._user())
         interval = keepalive_interval(ctx.request_headers)
@@ -169,15 +180,16 @@ class FilesystemService(Filesystem):
         try:
             yield pb.WatchDirResponse(start=pb.WatchDirResponse.StartEvent())
             while True:
-                timeout = interval
+                timeout: float = interval
                 if deadline is not None:
                     timeout = min(timeout, deadline - time.monotonic())
                     if timeout <= 0:
                         raise ConnectError(Code.DEADLINE_EXCEEDED, "context deadline exceeded")
                 if getter is None:
                     getter = asyncio.ensure_future(queue.get())
+                waited: set[asyncio.Future[Any]] = {getter, failure, disconnected}
                 done, _ = await asyncio.wait(
-                    {getter, failure, disconnected},
+                    waited,
                     timeout=timeout,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
@@ -204,7 +216,9 @@ class FilesystemService(Filesystem):
                 getter.cancel()
 
     async def create_watcher(
-        self, request: pb.CreateWatcherRequest, ctx: RequestContext
+        self,
+        request: pb.CreateWatcherRequest,
+        ctx: RequestContext[pb.CreateWatcherRequest, pb.CreateWatcherResponse],
     ) -> pb.CreateWatcherResponse:
         path = self._resolve(request.path, self._user())
         polled = PolledWatcher()
@@ -220,7 +234,9 @@ class FilesystemService(Filesystem):
         return polled
 
     async def get_watcher_events(
-        self, request: pb.GetWatcherEventsRequest, ctx: RequestContext
+        self,
+        request: pb.GetWatcherEventsRequest,
+        ctx: RequestContext[pb.GetWatcherEventsRequest, pb.GetWatcherEventsResponse],
     ) -> pb.GetWatcherEventsResponse:
         polled = self._polled_watcher(request.watcher_id)
         if polled.error is not None:
@@ -229,7 +245,9 @@ class FilesystemService(Filesystem):
         return pb.GetWatcherEventsResponse(events=events)
 
     async def remove_watcher(
-        self, request: pb.RemoveWatcherRequest, ctx: RequestContext
+        self,
+        request: pb.RemoveWatcherRequest,
+        ctx: RequestContext[pb.RemoveWatcherRequest, pb.RemoveWatcherResponse],
     ) -> pb.RemoveWatcherResponse:
         polled = self._polled_watcher(request.watcher_id)
         del self._polled[request.watcher_id]

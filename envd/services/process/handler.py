@@ -300,7 +300,12 @@ class ProcessHandle:
     async def _writable(self, fd: int) -> None:
         waiter = self._write_waiter = self.loop.create_future()
         self._write_fd = fd
-        self.loop.add_writer(fd, lambda: waiter.done() or waiter.set_result(None))
+
+        def ready() -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        self.loop.add_writer(fd, ready)
         try:
             await waiter
         finally:

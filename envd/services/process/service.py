@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import AsyncIterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
@@ -20,9 +20,8 @@ from connectrpc.request import RequestContext
 from envd.execcontext import ExecContext
 from envd.gen.process import process_pb2 as pb
 from envd.gen.process.process_connect import Process
-from envd.permissions.basic_auth import request_user
 from envd.permissions.users import User
-from envd.rpc.context import request_state
+from envd.rpc.context import basic_auth_or_default_user, request_state
 from envd.rpc.headers import keepalive_interval
 from envd.services.process.backlog import Retention
 from envd.services.process.fanout import KEEPALIVE, Subscriber
@@ -90,7 +89,7 @@ class ProcessService(Process):
             self._table.close()
 
     def _user(self) -> User:
-        return request_user(self.exec_ctx.default_user)
+        return basic_auth_or_default_user(self.exec_ctx.default_user)
 
     # --- streams ---------------------------------------------------------
 
@@ -288,7 +287,8 @@ async def _events(
         while True:
             item = await subscriber.next()
             if type(item) is tuple:
-                yield DataChunk(*item)  # type: ignore[misc]  # wire-ready stand-in, see wire.py
+                # A wire-ready stand-in for the message (see wire.py), which both codecs encode.
+                yield cast(Response, DataChunk(*item))
             elif item is KEEPALIVE:
                 yield keepalive
             else:

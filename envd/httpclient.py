@@ -1,4 +1,4 @@
-"""A one-shot HTTP/1.1 client for MMDS and the log collector.
+"""A one-shot HTTP/1.1 client for MMDS (host/mmds.py) and the log collector (logs.py).
 
 Both want a fresh connection per request (no keep-alive) and a hard timeout;
 h11 (already under uvicorn) does the parsing.

@@ -6,10 +6,9 @@ import base64
 import binascii
 
 from connectrpc.code import Code
-from connectrpc.errors import ConnectError
 
 from envd.asgi import ASGIApp, Receive, Scope, Send, header
-from envd.permissions.users import User, UserLookupError, lookup_user
+from envd.permissions.users import UserLookupError, lookup_user
 from envd.rpc.context import request_state
 from envd.rpc.errors import send_connect_error
 
@@ -57,22 +56,3 @@ class BasicAuthMiddleware:
                     )
                     return
         await self.app(scope, receive, send)
-
-
-def request_user(default_user: str) -> User:
-    """The user an RPC acts as: the Basic-auth user, else the default user.
-
-    The default user is looked up only when needed, so an `/init` naming a
-    user that does not exist fails the requests that would use it.
-    """
-    user = request_state().user
-    if user is not None:
-        return user
-    if not default_user:
-        raise ConnectError(Code.UNAUTHENTICATED, "no user specified")
-    try:
-        return lookup_user(default_user)
-    except UserLookupError:
-        raise ConnectError(
-            Code.UNAUTHENTICATED, f"invalid default user: '{default_user}'"
-        ) from None

@@ -5,27 +5,18 @@ from __future__ import annotations
 import logging
 
 from envd.api.responses import send_json_error
-from envd.api.token import AccessToken
+from envd.api.token import AccessToken, access_token_header
 from envd.asgi import ASGIApp, Receive, Scope, Send
-
-ACCESS_TOKEN_HEADER = b"x-access-token"
 
 # Exact method + path pairs, no normalisation: `/files` and `/health` do their
 # own checks (signed URLs) or need none, `/init` validates its body.
 EXEMPT = frozenset({("GET", "/health"), ("GET", "/files"), ("POST", "/files"), ("POST", "/init")})
 
-log = logging.getLogger("envd.api.auth")
+log = logging.getLogger("envd.middleware.access_token")
 
 UNAUTHORIZED = (
     "unauthorized access, please provide a valid access token or method signing if supported"
 )
-
-
-def access_token_header(scope: Scope) -> bytes | None:
-    for key, value in scope.get("headers", ()):
-        if key == ACCESS_TOKEN_HEADER:
-            return bytes(value)
-    return None
 
 
 class AccessTokenMiddleware:
