@@ -3,7 +3,7 @@
 A pure module: the signature algorithm the SDKs share with envd, and the
 decision that the `GET`/`POST /files` handlers run before touching anything.
 
-The files handlers call it through `envd.api.files.common.check_access`,
+The files handlers call it through `envd.api.files.requester.check_access`,
 after query binding and before the user is looked up.
 """
 

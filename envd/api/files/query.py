@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from envd.services.filesystem.oserror import go_quote
+from envd.fs.errors import go_quote
 
 _HEX = b"0123456789abcdefABCDEF"
 _INT = re.compile(r"[+-]?[0-9]+")

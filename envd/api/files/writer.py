@@ -32,10 +32,9 @@ from envd.api.files.metadata import (
     copy_foreign_xattrs,
     write_metadata,
 )
-from envd.permissions.paths import go_dir
-from envd.services.filesystem.dirs import EnsureDirsError, ensure_dirs
-from envd.services.filesystem.entry import base_name, read_metadata
-from envd.services.filesystem.oserror import path_error
+from envd.api.files.requester import ensure_parent_dirs
+from envd.fs.entry import base_name, read_metadata
+from envd.fs.errors import path_error
 
 FLUSH_BYTES = 1 << 20
 _IOV_MAX = 1024
@@ -168,10 +167,7 @@ class UploadFile:
 
 def _prepare(path: str, uid: int, gid: int) -> _Target:
     """Upstream's steps 1-5: parents, stat, ownership; then the temporary inode."""
-    try:
-        ensure_dirs(go_dir(path), uid, gid)
-    except EnsureDirsError as e:
-        raise FilesError(500, f"error ensuring directories: {e}") from None
+    ensure_parent_dirs(path, uid, gid)
     try:
         st: os.stat_result | None = os.stat(path)
     except FileNotFoundError:

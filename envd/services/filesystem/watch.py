@@ -23,10 +23,10 @@ from collections.abc import Awaitable, Callable
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
+from envd.fs.entry import IdNames, entry_info
+from envd.fs.errors import errno_text, go_quote, path_error
 from envd.gen.filesystem import filesystem_pb2
 from envd.services.filesystem import inotify
-from envd.services.filesystem.entry import IdNames, entry_info
-from envd.services.filesystem.oserror import errno_text, go_quote, path_error
 
 FilesystemEvent = filesystem_pb2.FilesystemEvent
 

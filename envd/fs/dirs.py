@@ -11,9 +11,9 @@ import errno
 import os
 import stat
 
+from envd.fs.errors import path_error
 from envd.permissions.paths import go_dir
 from envd.permissions.users import User
-from envd.services.filesystem.oserror import path_error
 
 
 class EnsureDirsError(Exception):
