@@ -193,7 +193,7 @@ def _create_temp(dest: str, temp_name: str) -> install.TempFile:
         return install.create(os.path.dirname(dest), temp_name)
     except OSError as e:
         raise storage_error(
-            e,
+            e.errno,
             f"error creating destination file: {path_error('open', temp_name, e)}",
             no_space="not enough disk space available",
         ) from None
@@ -210,7 +210,7 @@ def _append(fd: int, path: str, temp_name: str) -> None:
         _copy(src, fd)
     except OSError as e:
         raise storage_error(
-            e,
+            e.errno,
             f"error composing source {path}: {path_error('write', temp_name, e)}",
             no_space="not enough disk space available",
         ) from None

@@ -23,16 +23,17 @@ class FilesError(Exception):
 
 
 def storage_error(
-    e: OSError,
+    code: int | None,
     message: str,
     *,
     no_space: str,
     status: int = 500,
     quota: bool = False,
 ) -> FilesError:
-    """`no_space` as 507 when the disk is full (`ENOSPC`; with `quota`, also
-    `EDQUOT`, as upstream checks for metadata), else `message` as `status`."""
+    """`no_space` as 507 when errno `code` says the disk is full (`ENOSPC`;
+    with `quota`, also `EDQUOT`, as upstream checks for metadata), else
+    `message` as `status`."""
     full = NO_SPACE if quota else (errno.ENOSPC,)
-    if e.errno in full:
+    if code in full:
         return FilesError(INSUFFICIENT_STORAGE, no_space)
     return FilesError(status, message)
