@@ -16,6 +16,7 @@ from envd.api.auth import AccessTokenMiddleware
 from envd.api.cors import CORSMiddleware
 from envd.api.envs import get_envs, get_metrics
 from envd.api.files.routes import file_routes
+from envd.api.headers import TrimHeaderValuesMiddleware
 from envd.api.health import health
 from envd.api.init import post_init
 from envd.api.router import http_exception
@@ -75,7 +76,9 @@ def create_app(
             Mount(filesystem_app.path, app=filesystem_app),
         ],
         middleware=[
-            # Outermost first, as upstream: CORS, access token, Basic-auth user.
+            # Outermost first, as upstream: CORS, access token, Basic-auth user;
+            # header values trimmed as Go's net/http trims them before all of it.
+            Middleware(TrimHeaderValuesMiddleware),
             Middleware(RequestStateMiddleware),
             Middleware(CORSMiddleware),
             Middleware(AccessTokenMiddleware, token=control.access_token),

@@ -72,6 +72,9 @@ def _decode(body: bytes) -> tuple[list[str], str, str | None]:
         raise FilesError(400, "invalid request body: EOF")
     try:
         value, _end = json.JSONDecoder().raw_decode(text)
+    except RecursionError:
+        # Go's decoder stops at 10 000 levels of nesting with this text.
+        raise FilesError(400, "invalid request body: exceeded max depth") from None
     except json.JSONDecodeError as e:
         if e.pos >= len(text):
             raise FilesError(400, "invalid request body: unexpected EOF") from None

@@ -152,7 +152,11 @@ async def _serve_content(
         return Response(b"", 412, headers=headers)
 
     content_type = type_by_extension(path)
-    head, size = await asyncio.to_thread(_sniff_and_size, fd, not content_type)
+    try:
+        head, size = await asyncio.to_thread(_sniff_and_size, fd, not content_type)
+    except OSError as e:
+        # /proc/self/mem and the like: open works, read does not.
+        return json_error(500, f"error reading file: {path_error('read', path, e)}", headers)
     if size is None:
         return text_error(500, "seeker can't seek", headers)
     content_type = content_type or detect_content_type(head)

@@ -59,6 +59,9 @@ def user_ids_of(user: User) -> tuple[int, int]:
 
 def resolve(path: str, user: User, ctx: ExecContext, wording: str) -> str:
     """Resolved path; a bad `~name` is a 400 whose text starts with `wording`."""
+    if "\x00" in path:
+        # No system call takes it (Go's fail with EINVAL); refused before any is tried.
+        raise FilesError(400, f"{wording}: path contains a NUL byte: invalid argument")
     try:
         return expand_and_resolve(path, user, ctx.default_workdir)
     except PathError as e:
