@@ -410,3 +410,22 @@ def test_header_whitespace_is_trimmed(daemon: Daemon, tmp_path: Path) -> None:
     )
     assert status_of(r) == 200, r[:300]
     assert (tmp_path / "u").read_bytes() == b"up"
+
+
+def test_pathless_write_url_writes_any_path(secured: Daemon, tmp_path: Path) -> None:
+    # What docs/security.md says: the signature covers path "" and the
+    # multipart filename picks the destination, anywhere.
+    sig = signing.signature("", signing.WRITE, "root", TOKEN)
+    params = {"username": "root", "signature": sig}
+    for name in ("a/one", "b/two"):
+        r = httpx.post(
+            secured.url + "/files",
+            params=params,
+            files={"file": (str(tmp_path / name), b"w")},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+    assert (tmp_path / "a/one").read_bytes() == (tmp_path / "b/two").read_bytes() == b"w"
+    # The same URL cannot read.
+    r = httpx.get(secured.url + "/files", params=params, timeout=30)
+    assert_json(r, 401, "invalid signature")
