@@ -18,7 +18,7 @@ import os
 import stat
 import uuid
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from envd.api.files.errors import FilesError, storage_error
@@ -54,6 +54,9 @@ async def compose(request: Request) -> Response:
         return await _compose(request)
     except FilesError as e:
         return json_error(e.status, e.message)
+    except ClientDisconnect:
+        # The body broke off: nobody is left to read the answer.
+        return json_error(400, "invalid request body: unexpected EOF")
 
 
 def _type_error(value: object, field: str, go_type: str) -> FilesError:
