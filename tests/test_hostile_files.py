@@ -161,13 +161,13 @@ def test_huge_integers(daemon: Daemon, client: httpx.Client, tmp_path: Path) -> 
         r = client.get("/files", params={"path": str(target)}, headers={**identity, "Range": spec})
         assert (r.status_code, r.text) == (416, "invalid range\n"), spec[:20]
     # A Content-Length that long is the HTTP parser's framing error, before any handler.
-    r = raw_request(
+    answer = raw_request(
         daemon,
         f"POST /files?path={tmp_path}/g HTTP/1.1\r\nHost: x\r\nContent-Length: {digits}\r\n"
         "Content-Type: application/octet-stream\r\n\r\nabc".encode(),
         half_close=False,
     )
-    assert status_of(r) == 400
+    assert status_of(answer) == 400
     # Query binding errors are plain text, as upstream's generated binder writes them.
     r = client.get(
         "/files",
@@ -211,10 +211,10 @@ def test_compose_hostile_bodies(client: httpx.Client, tmp_path: Path) -> None:
         assert_json(client.post("/files/compose", content=body), 400)
     # NUL in paths
     (tmp_path / "s").write_bytes(b"s")
-    body = {"source_paths": [str(tmp_path / "s")], "destination": f"{tmp_path}/d\x00"}
-    assert_json(client.post("/files/compose", json=body), 400)
-    body = {"source_paths": [f"{tmp_path}/s\x00"], "destination": str(tmp_path / "d")}
-    assert_json(client.post("/files/compose", json=body), 400)
+    request = {"source_paths": [str(tmp_path / "s")], "destination": f"{tmp_path}/d\x00"}
+    assert_json(client.post("/files/compose", json=request), 400)
+    request = {"source_paths": [f"{tmp_path}/s\x00"], "destination": str(tmp_path / "d")}
+    assert_json(client.post("/files/compose", json=request), 400)
     assert sorted(os.listdir(tmp_path)) == ["s"]
 
 
