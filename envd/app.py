@@ -14,6 +14,7 @@ from starlette.routing import Mount, Route
 
 from envd.api.envs import get_envs, get_metrics
 from envd.api.files.routes import file_routes
+from envd.middleware.headers import TrimHeaderValuesMiddleware
 from envd.api.health import health
 from envd.api.init import post_init
 from envd.api.router import http_exception
@@ -78,7 +79,9 @@ def create_app(
             Mount(filesystem_app.path, app=filesystem_app),
         ],
         middleware=[
-            # Outermost first, as upstream: CORS, access token, Basic-auth user.
+            # Outermost first, as upstream: CORS, access token, Basic-auth user;
+            # header values trimmed as Go's net/http trims them before all of it.
+            Middleware(TrimHeaderValuesMiddleware),
             Middleware(RequestStateMiddleware),
             Middleware(CORSMiddleware),
             Middleware(AccessTokenMiddleware, token=control.access_token),

@@ -12,6 +12,7 @@ import uvicorn
 
 from envd.app import create_app
 from envd.config import Config
+from envd.http_limits import BoundedHeadHttpToolsProtocol
 from envd.logs import HTTPExporter, setup_logging
 
 # Upstream closes idle keep-alive connections after 640 s, longer than the
@@ -46,14 +47,14 @@ def uvicorn_config(config: Config, exporter: HTTPExporter | None = None) -> uvic
         host=config.host,
         port=config.port,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        http=BoundedHeadHttpToolsProtocol,
         lifespan="on",
         access_log=False,
         log_config=None,  # envd.logs.setup_logging owns the handlers
         timeout_keep_alive=IDLE_TIMEOUT_S,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-        # Upstream's header limit is Go's 1 MiB default; uvicorn has no knob
-        # for httptools, and h11's default is 64 KiB.
+        # Upstream's header limit is Go's 1 MiB default (envd/http_limits.py
+        # for httptools); h11's default would be 64 KiB.
         h11_max_incomplete_event_size=1 << 20,
         server_header=False,
         date_header=True,

@@ -1,5 +1,6 @@
 """`POST /files` over plain HTTP: every status code, multipart edge cases,
-gzip bodies, metadata limits, out-of-space, and the atomic replacement."""
+gzip bodies, metadata limits, out-of-space, and failed uploads (in place as
+upstream: an existing file keeps what was written, a new one is removed)."""
 
 from __future__ import annotations
 
@@ -66,10 +67,6 @@ def assert_json_error(r: httpx.Response, status: int, message: str) -> None:
     assert r.content.endswith(b"}\n")
 
 
-def no_temporaries(directory: Path) -> bool:
-    return not [p for p in os.listdir(directory) if "e2b-upload" in p]
-
-
 # --- raw uploads ---
 
 
@@ -126,9 +123,10 @@ def test_identity_encoding_is_accepted(client: httpx.Client, tmp_path: Path) -> 
     assert (tmp_path / "id").read_bytes() == b"plain"
 
 
-def test_corrupt_gzip_fails_and_leaves_the_old_file(client: httpx.Client, tmp_path: Path) -> None:
+def test_corrupt_gzip_fails_and_a_new_file_is_removed(client: httpx.Client, tmp_path: Path) -> None:
     target = tmp_path / "keep.txt"
     target.write_bytes(b"original")
+    inode = target.stat().st_ino
     body = bytearray(gzip.compress(os.urandom(300_000)))
     body[-6] ^= 0xFF  # CRC mismatch, noticed at the very end
     r = post_raw(client, str(target), bytes(body), {"Content-Encoding": "gzip"})
@@ -138,9 +136,10 @@ def test_corrupt_gzip_fails_and_leaves_the_old_file(client: httpx.Client, tmp_pa
     assert_json_error(r, 500, "error writing file: unexpected EOF")
     r = post_raw(client, str(tmp_path / "new.txt"), truncated, {"Content-Encoding": "gzip"})
     assert r.status_code == 500
-    assert target.read_bytes() == b"original"
+    # Written in place, as upstream: the same inode, holding what was decoded.
+    assert target.stat().st_ino == inode
     assert not (tmp_path / "new.txt").exists()
-    assert no_temporaries(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["keep.txt"]
 
 
 @pytest.mark.parametrize(
@@ -463,9 +462,10 @@ def test_malformed_multipart_is_500_and_writes_nothing_partial(
     body = file_part(f"{tmp_path}/first.txt", b"first") + b"--BOUNDARY\r\nContent-Disp"
     r = post_multipart(client, body)
     assert_json_error(r, 500, "error reading form: multipart: NextPart: EOF")
-    assert target.read_bytes() == b"intact"
+    # In place, as upstream: the target holds a prefix of the part.
+    assert b"half".startswith(target.read_bytes())
     assert (tmp_path / "first.txt").read_bytes() == b"first"  # earlier files stay, as upstream
-    assert no_temporaries(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["first.txt", "t.txt"]
 
 
 def test_garbage_after_delimiter_is_500(client: httpx.Client, tmp_path: Path) -> None:
@@ -501,22 +501,23 @@ def _send_and_hang_up(envd: Daemon, path: Path, body: bytes, declared: int) -> N
         time.sleep(0.2)
 
 
-def test_interrupted_upload_never_truncates(envd: Daemon, tmp_path: Path) -> None:
+def test_interrupted_upload_of_a_new_file_leaves_nothing(envd: Daemon, tmp_path: Path) -> None:
     target = tmp_path / "precious.txt"
     target.write_bytes(b"precious content")
-    _send_and_hang_up(envd, target, os.urandom(3 << 20), 10 << 20)
+    data = os.urandom(3 << 20)
+    _send_and_hang_up(envd, target, data, 10 << 20)
     _send_and_hang_up(envd, tmp_path / "new.bin", os.urandom(3 << 20), 10 << 20)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not _daemon_idle(envd, tmp_path):
         time.sleep(0.05)
-    assert target.read_bytes() == b"precious content"
+    # An existing file was truncated and written in place, as upstream.
+    assert data.startswith(target.read_bytes())
     assert not (tmp_path / "new.bin").exists()
-    assert no_temporaries(tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["precious.txt"]
 
 
 def _daemon_idle(envd: Daemon, directory: Path) -> bool:
-    """The daemon holds no file open in `directory` (O_TMPFILE inodes included)."""
+    """The daemon holds no file open in `directory`."""
     with contextlib.suppress(psutil.Error):
         files = psutil.Process(envd.pid).open_files()
         return not [f for f in files if f.path.startswith(str(directory))]
@@ -540,7 +541,7 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_enospc_is_507_and_keeps_the_old_file(client: httpx.Client, small_fs: Path) -> None:
+def test_enospc_is_507_and_a_new_file_is_removed(client: httpx.Client, small_fs: Path) -> None:
     target = small_fs / "existing.bin"
     target.write_bytes(b"old" * 1000)
     big = os.urandom(3 << 20)
@@ -548,7 +549,8 @@ def test_enospc_is_507_and_keeps_the_old_file(client: httpx.Client, small_fs: Pa
     assert_json_error(
         r, 507, f"attempted to write {len(big)} bytes: not enough disk space available"
     )
-    assert target.read_bytes() == b"old" * 1000
+    assert big.startswith(target.read_bytes())  # in place, as upstream
+    target.unlink()
 
     def chunked() -> Iterator[bytes]:
         for _ in range(48):
@@ -558,7 +560,7 @@ def test_enospc_is_507_and_keeps_the_old_file(client: httpx.Client, small_fs: Pa
         "/files", params={"path": str(small_fs / "new.bin")}, content=chunked(), headers=OCTET
     )
     assert_json_error(r, 507, "not enough disk space available")
-    assert sorted(os.listdir(small_fs)) == ["existing.bin"]
+    assert os.listdir(small_fs) == []
     # The space is free again: nothing leaked.
     assert post_raw(client, str(small_fs / "fits.bin"), bytes(1 << 20)).status_code == 200
 
@@ -589,9 +591,10 @@ def test_no_inodes_left_is_507(client: httpx.Client, small_fs: Path) -> None:
         507,
         f"not enough inodes available: open {small_fs}/one-more: no space left on device",
     )
-    # Overwriting an existing file needs a new inode too (it is replaced atomically).
+    # Overwriting needs no new inode: the file is written in place, as upstream.
     r = post_raw(client, str(small_fs / "f0"), b"x")
-    assert r.status_code == 507
+    assert r.status_code == 200
+    assert (small_fs / "f0").read_bytes() == b"x"
 
 
 def test_response_is_json(client: httpx.Client, tmp_path: Path) -> None:

@@ -11,11 +11,11 @@ import pytest
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
+from envd.fs.entry import go_mode_string
+from envd.fs.errors import go_quote
 from envd.gen.filesystem import filesystem_pb2
 from envd.permissions.paths import go_clean, go_dir
 from envd.services.filesystem import inotify, service, watch
-from envd.services.filesystem.entry import go_mode_string
-from envd.services.filesystem.oserror import go_quote
 
 
 def test_go_helpers() -> None:

@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from envd import ENVD_VERSION, httpclient
 from envd.api.init_request import InitBodyError, InitRequest, parse_init_body
+from envd.api.responses import json_error
 from envd.api.store import ControlPlane
 from envd.asgi import Receive
 from envd.host import clock
@@ -29,6 +30,12 @@ from envd.host.nfs import NFSError
 from envd.logs import operation_id
 
 TOKEN_MISMATCH = "access token validation failed"
+# The token travels inside the body, so the body is read before it can be
+# checked: bounded, so that an unauthenticated client cannot make envd hold
+# more (upstream has no bound). A CA bundle is ~200 KiB, a thousand envVars
+# ~100 KiB; parsing 1 MiB of JSON costs at most a few tens of MiB.
+MAX_INIT_BODY = 1 << 20
+TOO_LARGE = f"request body larger than {MAX_INIT_BODY} bytes"
 RESET_NOT_AUTHORIZED = "access token reset not authorized"
 REFRESH_BUDGET_S = 60.0
 
@@ -52,9 +59,12 @@ async def post_init(request: Request) -> Response:
     cp: ControlPlane = request.app.state.control
     op = operation_id()
     try:
-        body = await request.body()
+        body = await _read_body(request)
     except ClientDisconnect:
         return _answer(400)
+    if body is None:
+        log.error("init: %s", TOO_LARGE, extra={"operation_id": op})
+        return json_error(413, TOO_LARGE, {"X-Envd-Version": ENVD_VERSION, "Connection": "close"})
     try:
         data = parse_init_body(body) if body else InitRequest()
     except InitBodyError as e:
@@ -87,6 +97,21 @@ async def post_init(request: Request) -> Response:
         watcher.cancel()
     cp.poller.start(REFRESH_BUDGET_S)
     return _answer(204, **{"Cache-Control": "no-store"})
+
+
+async def _read_body(request: Request) -> bytes | None:
+    """The whole body, or None once it exceeds MAX_INIT_BODY (not read further)."""
+    declared = request.headers.get("content-length", "").strip(" \t")
+    # Length checked first: int() refuses more than 4300 digits.
+    digits = declared.isascii() and declared.isdigit()
+    if digits and (len(declared) > 9 or int(declared) > MAX_INIT_BODY):
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_INIT_BODY:
+            return None
+    return bytes(body)
 
 
 async def _watch_disconnect(receive: Receive, gone: asyncio.Event) -> None:

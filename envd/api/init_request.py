@@ -131,8 +131,9 @@ def parse_init_body(body: bytes) -> InitRequest:
     try:
         text = body.decode("utf-8")
         data, end = _DECODER.raw_decode(text, len(text) - len(text.lstrip(_JSON_SPACE)))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise InitBodyError(str(e)) from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        # RecursionError: thousands of nested `[` (Go's decoder has a depth limit too).
+        raise InitBodyError(str(e) or type(e).__name__) from None
     if text[end:].strip(_JSON_SPACE):
         raise InitBodyError("invalid character after top-level value")
     request = InitRequest()

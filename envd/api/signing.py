@@ -3,7 +3,7 @@
 A pure module: the signature algorithm the SDKs share with envd, and the
 decision that the `GET`/`POST /files` handlers run before touching anything.
 
-The files handlers call it through `envd.api.files.common.check_access`,
+The files handlers call it through `envd.api.files.requester.check_access`,
 after query binding and before the user is looked up.
 """
 
@@ -30,11 +30,17 @@ def signature(
 ) -> str:
     """`v1_` + unpadded standard base64 of SHA-256 over `path:op:user:token[:exp]`."""
     secret = token if isinstance(token, bytes) else token.encode()
-    parts = [path.encode(), operation.encode(), username.encode(), secret]
+    # Query values that were not UTF-8 arrive as surrogate escapes: hash the
+    # bytes the client sent, as Go hashes its raw string.
+    parts = [_raw(path), operation.encode(), _raw(username), secret]
     if expiration is not None:
         parts.append(str(expiration).encode())
     digest = hashlib.sha256(b":".join(parts)).digest()
     return "v1_" + base64.b64encode(digest).rstrip(b"=").decode()
+
+
+def _raw(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
 
 
 # check_file_access takes a `signature` argument, which hides the function.

@@ -12,6 +12,8 @@ import logging
 import os
 import tempfile
 
+from envd.fs.errors import errno_text
+
 CA_BUNDLE_PATH = "/etc/ssl/certs/ca-certificates.crt"
 CA_EXTRA_PATH = "/usr/local/share/ca-certificates/e2b-ca.crt"
 
@@ -100,19 +102,13 @@ def _append(path: str, pem: str) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     except OSError as e:
-        raise CAInstallError(f"open CA bundle: open {path}: {go_strerror(e)}") from None
+        raise CAInstallError(f"open CA bundle: open {path}: {errno_text(e.errno)}") from None
     try:
         os.write(fd, pem.encode())
     except OSError as e:
-        raise CAInstallError(f"append CA cert: write {path}: {go_strerror(e)}") from None
+        raise CAInstallError(f"append CA cert: write {path}: {errno_text(e.errno)}") from None
     finally:
         os.close(fd)
-
-
-def go_strerror(e: OSError) -> str:
-    """Go spells errno texts in lower case ("no such file or directory")."""
-    text = e.strerror or str(e)
-    return text[:1].lower() + text[1:]
 
 
 def _persist(path: str, pem: str) -> None:

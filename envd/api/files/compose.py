@@ -2,7 +2,7 @@
 
 The copy stays in the kernel (`copy_file_range`, else `sendfile`); the result
 is assembled in an anonymous inode (or a hidden sibling) and put in place
-atomically; the sources are deleted only once it is. Unlike upstream, a
+atomically (envd/fs/install.py); the sources are deleted only once it is. Unlike upstream, a
 source that *is* the destination under another spelling (`/a/./f`, a
 symlink, a hard link) is refused by device and inode instead of being
 deleted after the compose.
@@ -18,16 +18,21 @@ import os
 import stat
 import uuid
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from envd.api.files.common import exec_context, request_ids, request_user, resolve
-from envd.api.files.errors import FilesError
+from envd.api.files.errors import FilesError, storage_error
+from envd.api.files.requester import (
+    ensure_parent_dirs,
+    exec_context,
+    param_or_default_user,
+    resolve,
+    user_ids_of,
+)
 from envd.api.responses import go_json, json_error
-from envd.permissions.paths import go_dir
-from envd.services.filesystem.dirs import EnsureDirsError, ensure_dirs
-from envd.services.filesystem.entry import base_name
-from envd.services.filesystem.oserror import go_quote, link_error, path_error
+from envd.fs import install
+from envd.fs.entry import base_name
+from envd.fs.errors import go_quote, link_error, path_error
 
 # A compose request is a few paths; bound what is read before parsing.
 MAX_BODY = 16 << 20
@@ -49,6 +54,9 @@ async def compose(request: Request) -> Response:
         return await _compose(request)
     except FilesError as e:
         return json_error(e.status, e.message)
+    except ClientDisconnect:
+        # The body broke off: nobody is left to read the answer.
+        return json_error(400, "invalid request body: unexpected EOF")
 
 
 def _type_error(value: object, field: str, go_type: str) -> FilesError:
@@ -67,6 +75,9 @@ def _decode(body: bytes) -> tuple[list[str], str, str | None]:
         raise FilesError(400, "invalid request body: EOF")
     try:
         value, _end = json.JSONDecoder().raw_decode(text)
+    except RecursionError:
+        # Go's decoder stops at 10 000 levels of nesting with this text.
+        raise FilesError(400, "invalid request body: exceeded max depth") from None
     except json.JSONDecodeError as e:
         if e.pos >= len(text):
             raise FilesError(400, "invalid request body: unexpected EOF") from None
@@ -122,8 +133,8 @@ async def _compose(request: Request) -> Response:
     if not destination:
         raise FilesError(400, "destination is required")
     ctx = exec_context(request)
-    user = request_user(username, ctx)
-    uid, gid = request_ids(user)
+    user = param_or_default_user(username, ctx)
+    uid, gid = user_ids_of(user)
     dest = resolve(destination, user, ctx, "error resolving destination path")
     resolved = []
     for source in sources:
@@ -153,32 +164,25 @@ def _assemble(sources: list[tuple[str, str]], dest: str, uid: int, gid: int) -> 
         if dest_st is not None and (st.st_dev, st.st_ino) == (dest_st.st_dev, dest_st.st_ino):
             # Upstream compares strings only, then deletes the "source": the result.
             raise FilesError(400, f"source path {go_quote(raw)} cannot be the same as destination")
-    try:
-        ensure_dirs(go_dir(dest), uid, gid)
-    except EnsureDirsError as e:
-        raise FilesError(500, f"error ensuring directories: {e}") from None
+    ensure_parent_dirs(dest, uid, gid)
 
     temp_name = f"{dest}.e2b-compose.{uuid.uuid4()}.tmp"
-    fd, named = _create_temp(dest, temp_name)
+    temp = _create_temp(dest, temp_name)
     try:
         try:
-            os.fchown(fd, uid, gid)
+            os.fchown(temp.fd, uid, gid)
         except OSError as e:
             raise FilesError(
                 500, f"error changing file ownership: {path_error('chown', temp_name, e)}"
             ) from None
         for _raw, path in sources:
-            _append(fd, path, temp_name)
-        _install(fd, named, temp_name, dest)
+            _append(temp.fd, path, temp_name)
+        _install(temp, temp_name, dest)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-        if named:
-            with contextlib.suppress(OSError):
-                os.unlink(temp_name)
+        install.discard(temp)
         raise
     try:
-        os.close(fd)
+        install.close(temp)
     except OSError as e:
         raise FilesError(
             500, f"error closing destination file: {path_error('close', temp_name, e)}"
@@ -188,24 +192,16 @@ def _assemble(sources: list[tuple[str, str]], dest: str, uid: int, gid: int) -> 
             os.remove(path)
 
 
-def _create_temp(dest: str, temp_name: str) -> tuple[int, bool]:
-    """An anonymous inode in the destination's directory (nothing to clean up
-    after a crash), else upstream's named temporary file."""
+def _create_temp(dest: str, temp_name: str) -> install.TempFile:
+    """An anonymous inode in the destination's directory, else upstream's
+    named temporary file."""
     try:
-        return os.open(
-            os.path.dirname(dest) or "/", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o666
-        ), False
+        return install.create(os.path.dirname(dest), temp_name)
     except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise FilesError(507, "not enough disk space available") from None
-    try:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-        return os.open(temp_name, flags, 0o666), True
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise FilesError(507, "not enough disk space available") from None
-        raise FilesError(
-            500, f"error creating destination file: {path_error('open', temp_name, e)}"
+        raise storage_error(
+            e.errno,
+            f"error creating destination file: {path_error('open', temp_name, e)}",
+            no_space="not enough disk space available",
         ) from None
 
 
@@ -219,10 +215,10 @@ def _append(fd: int, path: str, temp_name: str) -> None:
     try:
         _copy(src, fd)
     except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise FilesError(507, "not enough disk space available") from None
-        raise FilesError(
-            500, f"error composing source {path}: {path_error('write', temp_name, e)}"
+        raise storage_error(
+            e.errno,
+            f"error composing source {path}: {path_error('write', temp_name, e)}",
+            no_space="not enough disk space available",
         ) from None
     finally:
         os.close(src)
@@ -253,7 +249,7 @@ def _copy(src: int, dst: int) -> None:
             view = view[os.write(dst, view) :]
 
 
-def _install(fd: int, named: bool, temp_name: str, dest: str) -> None:
+def _install(temp: install.TempFile, temp_name: str, dest: str) -> None:
     def fail(e: OSError) -> FilesError:
         return FilesError(
             500, f"error finalizing compose: {link_error('rename', temp_name, dest, e)}"
@@ -263,18 +259,8 @@ def _install(fd: int, named: bool, temp_name: str, dest: str) -> None:
         if stat.S_ISDIR(os.lstat(dest).st_mode):
             # Go's os.Rename refuses to replace a directory with EEXIST.
             raise fail(OSError(errno.EEXIST, "file exists"))
-    if not named:
-        dir_fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            # The temp name is only ever linked for the instant of the rename.
-            os.link(f"/proc/self/fd/{fd}", temp_name, src_dir_fd=dir_fd, follow_symlinks=True)
-        except OSError as e:
-            raise fail(e) from None
-        finally:
-            os.close(dir_fd)
     try:
-        os.rename(temp_name, dest)
+        # Always a rename, as upstream's named temporary file is renamed.
+        install.replace(temp, dest, temp_name)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_name)
         raise fail(e) from None

@@ -10,11 +10,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from envd.api import signing
-from envd.api.files.common import check_access, exec_context, request_user, resolve
 from envd.api.files.content_type import SNIFF_LEN, detect_content_type, type_by_extension
 from envd.api.files.encoding import GZIP, EncodingError, identity_acceptable, negotiate
 from envd.api.files.errors import FilesError
 from envd.api.files.query import FileParams
+from envd.api.files.requester import check_access, exec_context, param_or_default_user, resolve
 from envd.api.files.serve import (
     Outcome,
     RangeError,
@@ -27,8 +27,8 @@ from envd.api.files.serve import (
 from envd.api.files.stream import FileBody
 from envd.api.responses import json_error, text_error
 from envd.asgi import ASGIApp
-from envd.services.filesystem.entry import base_name
-from envd.services.filesystem.oserror import path_error
+from envd.fs.entry import base_name
+from envd.fs.errors import path_error
 
 # Go's mime.FormatMediaType: tspecials never appear bare in a token.
 _TSPECIALS = frozenset(b'()<>@,;:\\"/[]?=')
@@ -72,7 +72,7 @@ async def _download(request: Request, params: FileParams) -> Response | ASGIApp:
     path = params.path or ""
     check_access(request, params, signing.READ)
     ctx = exec_context(request)
-    user = request_user(params.username, ctx)
+    user = param_or_default_user(params.username, ctx)
     resolved = resolve(path, user, ctx, f"error expanding and resolving path '{path}'")
     try:
         st = await asyncio.to_thread(os.stat, resolved)
@@ -152,7 +152,11 @@ async def _serve_content(
         return Response(b"", 412, headers=headers)
 
     content_type = type_by_extension(path)
-    head, size = await asyncio.to_thread(_sniff_and_size, fd, not content_type)
+    try:
+        head, size = await asyncio.to_thread(_sniff_and_size, fd, not content_type)
+    except OSError as e:
+        # /proc/self/mem and the like: open works, read does not.
+        return json_error(500, f"error reading file: {path_error('read', path, e)}", headers)
     if size is None:
         return text_error(500, "seeker can't seek", headers)
     content_type = content_type or detect_content_type(head)

@@ -6,6 +6,12 @@ error body, or plain text for query binding and the range machinery).
 
 from __future__ import annotations
 
+import errno
+
+from envd.fs.errors import NO_SPACE
+
+INSUFFICIENT_STORAGE = 507
+
 
 class FilesError(Exception):
     """A handler failure: HTTP status and upstream's message text."""
@@ -14,3 +20,20 @@ class FilesError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def storage_error(
+    code: int | None,
+    message: str,
+    *,
+    no_space: str,
+    status: int = 500,
+    quota: bool = False,
+) -> FilesError:
+    """`no_space` as 507 when errno `code` says the disk is full (`ENOSPC`;
+    with `quota`, also `EDQUOT`, as upstream checks for metadata), else
+    `message` as `status`."""
+    full = NO_SPACE if quota else (errno.ENOSPC,)
+    if code in full:
+        return FilesError(INSUFFICIENT_STORAGE, no_space)
+    return FilesError(status, message)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import errno
 import os
 
-from envd.services.filesystem.entry import METADATA_PREFIX
-from envd.services.filesystem.oserror import errno_text, go_quote
+from envd.fs.entry import METADATA_PREFIX
+from envd.fs.errors import errno_text, go_quote
 
 HEADER_PREFIX = b"x-metadata-"
 # The VFS caps an xattr name at 255 bytes, prefix included.

@@ -11,10 +11,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from envd.services.filesystem.oserror import go_quote
+from envd.fs.errors import go_quote
 
 _HEX = b"0123456789abcdefABCDEF"
 _INT = re.compile(r"[+-]?[0-9]+")
+_INT64_DIGITS = 19
 _INT64_MAX = (1 << 63) - 1
 
 
@@ -85,8 +86,10 @@ def _parse_int64(name: str, text: str) -> int:
             f"Invalid format for parameter {name}: "
             f"strconv.ParseInt: parsing {go_quote(text)}: invalid syntax"
         )
-    number = int(text)
-    if not -_INT64_MAX - 1 <= number <= _INT64_MAX:
+    # Out of range however long: int() would refuse more than 4300 digits.
+    too_long = len(text.lstrip("+-").lstrip("0")) > _INT64_DIGITS
+    number = 0 if too_long else int(text)
+    if too_long or not -_INT64_MAX - 1 <= number <= _INT64_MAX:
         raise QueryBindError(
             f"Invalid format for parameter {name}: "
             f"strconv.ParseInt: parsing {go_quote(text)}: value out of range"

@@ -13,6 +13,7 @@ from enum import Enum
 
 _TRIM = " \t\r\n"
 _INT = re.compile(r"[+-]?[0-9]+")
+_INT64_DIGITS = 19
 _INT64_MAX = (1 << 63) - 1
 
 _DATE_FORMATS = (
@@ -146,6 +147,9 @@ class ByteRange:
 
 def _parse_int64(text: str) -> int | None:
     if not _INT.fullmatch(text):
+        return None
+    # Out of range however long: int() would refuse more than 4300 digits.
+    if len(text.lstrip("+-").lstrip("0")) > _INT64_DIGITS:
         return None
     value = int(text)
     return value if -_INT64_MAX - 1 <= value <= _INT64_MAX else None

@@ -8,13 +8,18 @@ memory per download. A client that goes away stops the transfer at once.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
 
 from envd.api.files.serve import Segment
+from envd.api.responses import send_json_error
 from envd.asgi import Receive, Scope, Send
+from envd.fs.errors import errno_text
+
+log = logging.getLogger("envd.api.files")
 
 CHUNK = 1 << 20
 GZIP_LEVEL = 6  # Go's gzip.DefaultCompression
@@ -116,17 +121,28 @@ class FileBody:
         gone = asyncio.ensure_future(_wait_disconnect(receive))
         jobs = _gzip_jobs(self.fd) if self.gzip else _segment_jobs(self.fd, self.segments)
         chunks = _RunAhead(jobs)
+        content = chunks.__aiter__()
         try:
+            try:
+                first = await anext(content, None)
+            except OSError as e:
+                # Nothing sent yet (/proc/self/mem, a dead device): a proper error.
+                await send_json_error(send, 500, f"error reading file: {errno_text(e.errno)}")
+                return
             await send(
                 {"type": "http.response.start", "status": self.status, "headers": self.headers}
             )
-            async for chunk in chunks:
+            if first is not None:
+                await send({"type": "http.response.body", "body": first, "more_body": True})
+            async for chunk in content:
                 if gone.done():
                     return
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except ShortRead:
+        except (ShortRead, OSError) as e:
             # Returning without finishing makes the server drop the connection.
+            if isinstance(e, OSError):
+                log.warning("reading a file being sent failed: %s", errno_text(e.errno))
             return
         finally:
             gone.cancel()

@@ -9,13 +9,19 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from envd.api import signing
-from envd.api.files.common import check_access, exec_context, request_ids, request_user, resolve
 from envd.api.files.encoding import GZIP, EncodingError, check_gzip_header, gunzip, request_encoding
 from envd.api.files.errors import FilesError
 from envd.api.files.mediatype import MediaTypeError, parse_media_type
 from envd.api.files.metadata import metadata_from_headers, validate_metadata
 from envd.api.files.multipart import MultipartError, MultipartStream, PartData, PartEnd, PartStart
 from envd.api.files.query import FileParams
+from envd.api.files.requester import (
+    check_access,
+    exec_context,
+    param_or_default_user,
+    resolve,
+    user_ids_of,
+)
 from envd.api.files.writer import UploadFile
 from envd.api.responses import go_json, json_error
 from envd.execcontext import ExecContext
@@ -48,8 +54,8 @@ async def _upload(request: Request, params: FileParams) -> list[dict[str, object
     except EncodingError as e:
         raise FilesError(400, f"error decompressing request body: {e}") from None
 
-    user = request_user(params.username, ctx)
-    uid, gid = request_ids(user)
+    user = param_or_default_user(params.username, ctx)
+    uid, gid = user_ids_of(user)
     metadata = metadata_from_headers(request.scope["headers"])
     try:
         validate_metadata(metadata)

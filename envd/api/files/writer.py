@@ -1,14 +1,12 @@
-"""Writing one uploaded file (spec files-http §3.7), without ever exposing a
-partial file under the target name.
+"""Writing one uploaded file (spec files-http §3.7) in place, as upstream does.
 
-Upstream truncates the target and writes in place, so an interrupted,
-malformed or out-of-space upload leaves a truncated file behind. We write an
-anonymous `O_TMPFILE` inode (or, where the filesystem lacks it, a hidden
-sibling) in the target's directory and link or rename it into place only
-once the body is complete; an existing file's mode and non-`user.e2b.`
-xattrs are carried over and, as upstream does, the result is owned by the
-requesting user. Targets that cannot be replaced that way (devices, FIFOs,
-`/proc` and `/sys` knobs) are written in place exactly as upstream does.
+Upstream chowns an existing target, opens it `O_CREAT|O_TRUNC`, chowns a new
+one through the fd and writes: a watcher sees `CREATE, CHMOD, WRITE` for a new
+file and `CHMOD, WRITE` for an overwrite, and SDK code counts on exactly
+that. An anonymous inode linked or renamed into place would be atomic but
+shows other events (docs/compatibility.md), so the wire contract wins. One
+difference is kept: a *new* file whose upload fails is removed again (its
+`DELETE` follows), so a failed upload of a new file leaves nothing behind.
 
 Blocking calls run in a worker thread; data is written in ~1 MiB batches
 while the next batch is being received.
@@ -18,46 +16,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
-import secrets
 import stat
 from dataclasses import dataclass
-from enum import Enum
 
-from envd.api.files.errors import FilesError
-from envd.api.files.metadata import (
-    XATTR_UNSUPPORTED,
-    XattrError,
-    copy_foreign_xattrs,
-    write_metadata,
-)
-from envd.permissions.paths import go_dir
-from envd.services.filesystem.dirs import EnsureDirsError, ensure_dirs
-from envd.services.filesystem.entry import base_name, read_metadata
-from envd.services.filesystem.oserror import path_error
+from envd.api.files.errors import FilesError, storage_error
+from envd.api.files.metadata import XATTR_UNSUPPORTED, XattrError, write_metadata
+from envd.api.files.requester import ensure_parent_dirs
+from envd.fs.entry import base_name, read_metadata
+from envd.fs.errors import path_error
 
 FLUSH_BYTES = 1 << 20
 _IOV_MAX = 1024
-# Errors that mean "this directory cannot hold an anonymous inode" rather
-# than "this directory cannot hold a file".
-_NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT, errno.EXDEV)
-
-
-class Mode(Enum):
-    TMPFILE = "tmpfile"  # anonymous inode, linked in at the end
-    NAMED = "named"  # hidden sibling, renamed in at the end
-    IN_PLACE = "in-place"  # upstream's way: truncate and write the target itself
 
 
 @dataclass(slots=True)
 class _Target:
-    path: str  # the resolved path, as reported
-    final: str  # where the content ends up (a symlink at `path` is followed)
+    path: str
     fd: int
-    mode: Mode
-    replaces: bool  # a regular file exists at `final`
-    temp_name: str | None = None
+    # (st_dev, st_ino) of a file this upload created, None for an existing one.
+    created: tuple[int, int] | None
     written: int = 0
 
 
@@ -134,12 +112,12 @@ class UploadFile:
                 if n:
                     views[0] = views[0][n:]
         except OSError as e:
-            if e.errno == errno.ENOSPC:
-                message = "not enough disk space available"
-                if self._content_length:
-                    message = f"attempted to write {self._content_length} bytes: {message}"
-                raise FilesError(507, message) from None
-            raise FilesError(500, f"error writing file: {path_error('write', t.path, e)}") from e
+            no_space = "not enough disk space available"
+            if self._content_length:
+                no_space = f"attempted to write {self._content_length} bytes: {no_space}"
+            raise storage_error(
+                e.errno, f"error writing file: {path_error('write', t.path, e)}", no_space=no_space
+            ) from None
 
     async def commit(self) -> dict[str, object]:
         """Finishes the file and returns its entry for the response."""
@@ -153,8 +131,8 @@ class UploadFile:
         return entry
 
     async def abort(self) -> None:
-        """Drops the new content (the target keeps its previous content, except
-        in place, where upstream's partial write stays)."""
+        """Gives up: a file this upload created is removed; an existing one
+        keeps what was written so far, as upstream's does."""
         if self._closed:
             return
         self._closed = True
@@ -167,11 +145,8 @@ class UploadFile:
 
 
 def _prepare(path: str, uid: int, gid: int) -> _Target:
-    """Upstream's steps 1-5: parents, stat, ownership; then the temporary inode."""
-    try:
-        ensure_dirs(go_dir(path), uid, gid)
-    except EnsureDirsError as e:
-        raise FilesError(500, f"error ensuring directories: {e}") from None
+    """Upstream's steps: parents, stat, chown of an existing file, open, fchown."""
+    ensure_parent_dirs(path, uid, gid)
     try:
         st: os.stat_result | None = os.stat(path)
     except FileNotFoundError:
@@ -180,52 +155,8 @@ def _prepare(path: str, uid: int, gid: int) -> _Target:
         raise FilesError(500, f"error getting file info: {path_error('stat', path, e)}") from None
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise FilesError(400, f"path is a directory: {path}")
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        return _open_in_place(path, uid, gid, exists=True)
-
-    final = os.path.realpath(path) if os.path.islink(path) else path
-    try:
-        target = _open_temporary(path, final, replaces=st is not None)
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise FilesError(
-                507, f"not enough inodes available: {path_error('open', path, e)}"
-            ) from None
-        if st is not None:
-            # The directory refuses new files (/proc, /sys): write in place.
-            return _open_in_place(path, uid, gid, exists=True)
-        raise FilesError(500, f"error opening file: {path_error('open', path, e)}") from None
-    try:
-        if st is not None:
-            # The successor looks like the file it replaces (upstream keeps the inode).
-            copy_foreign_xattrs(final, target.fd)
-            os.fchmod(target.fd, stat.S_IMODE(st.st_mode))
-        os.fchown(target.fd, uid, gid)
-    except OSError as e:
-        _discard(target)
-        raise FilesError(
-            500, f"error changing file ownership: {path_error('chown', path, e)}"
-        ) from None
-    return target
-
-
-def _open_temporary(path: str, final: str, replaces: bool) -> _Target:
-    directory = os.path.dirname(final) or "/"
-    try:
-        fd = os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o666)
-    except OSError as e:
-        if e.errno not in _NO_TMPFILE:
-            raise
-    else:
-        return _Target(path, final, fd, Mode.TMPFILE, replaces)
-    temp_name = os.path.join(directory, f".{secrets.token_hex(8)}.e2b-upload.tmp")
-    fd = os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-    return _Target(path, final, fd, Mode.NAMED, replaces, temp_name)
-
-
-def _open_in_place(path: str, uid: int, gid: int, exists: bool) -> _Target:
     chowned = False
-    if exists:
+    if st is not None:
         try:
             os.chown(path, uid, gid)
             chowned = True
@@ -235,27 +166,45 @@ def _open_in_place(path: str, uid: int, gid: int, exists: bool) -> _Target:
             raise FilesError(
                 500, f"error changing file ownership: {path_error('chown', path, e)}"
             ) from None
-    try:
-        # Non-blocking open: a FIFO without a reader fails (ENXIO) instead of
-        # pinning a worker thread until one appears; writes then block as usual.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NONBLOCK
-        fd = os.open(path, flags, 0o666)
-        os.set_blocking(fd, True)
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise FilesError(
-                507, f"not enough inodes available: {path_error('open', path, e)}"
-            ) from None
-        raise FilesError(500, f"error opening file: {path_error('open', path, e)}") from None
+    fd, created = _open(path, exclusive=st is None)
     if not chowned:
         try:
             os.fchown(fd, uid, gid)
         except OSError as e:
-            os.close(fd)
+            t = _Target(path, fd, created)
+            _discard(t)
             raise FilesError(
                 500, f"error changing file ownership: {path_error('chown', path, e)}"
             ) from None
-    return _Target(path, path, fd, Mode.IN_PLACE, exists)
+    return _Target(path, fd, created)
+
+
+def _open(path: str, exclusive: bool) -> tuple[int, tuple[int, int] | None]:
+    """The target opened for writing, truncated; with the identity of the
+    file if this call created it. `O_EXCL` (no visible difference) tells a
+    file we created from one that appeared meanwhile."""
+    # Non-blocking open: a FIFO without a reader fails (ENXIO) instead of
+    # pinning a worker thread until one appears; writes then block as usual.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        if exclusive:
+            try:
+                fd = os.open(path, flags | os.O_EXCL, 0o666)
+            except FileExistsError:
+                pass
+            else:
+                os.set_blocking(fd, True)
+                st = os.fstat(fd)
+                return fd, (st.st_dev, st.st_ino)
+        fd = os.open(path, flags, 0o666)
+        os.set_blocking(fd, True)
+    except OSError as e:
+        raise storage_error(
+            e.errno,
+            f"error opening file: {path_error('open', path, e)}",
+            no_space=f"not enough inodes available: {path_error('open', path, e)}",
+        ) from None
+    return fd, None
 
 
 def _persist_metadata(t: _Target, metadata: dict[str, str]) -> None:
@@ -264,20 +213,22 @@ def _persist_metadata(t: _Target, metadata: dict[str, str]) -> None:
     except XattrError as e:
         if e.errno in XATTR_UNSUPPORTED:
             return  # e.g. /proc, /sys: the content is written, metadata cannot be
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise FilesError(507, f"not enough space for file metadata: {e}") from None
-        raise FilesError(500, f"error writing file metadata: {e}") from None
+        raise storage_error(
+            e.errno,
+            f"error writing file metadata: {e}",
+            no_space=f"not enough space for file metadata: {e}",
+            quota=True,
+        ) from None
 
 
 def _commit(t: _Target, metadata: dict[str, str]) -> dict[str, object]:
     _persist_metadata(t, metadata)
-    if t.mode is not Mode.IN_PLACE:
-        _install(t)
     fd, t.fd = t.fd, -1
     try:
         os.close(fd)
     except OSError as e:
         raise FilesError(500, f"error writing file: {path_error('close', t.path, e)}") from None
+    t.created = None  # complete: it stays
     entry: dict[str, object] = {}
     persisted = read_metadata(t.path)
     if persisted:
@@ -286,79 +237,15 @@ def _commit(t: _Target, metadata: dict[str, str]) -> dict[str, object]:
     return entry
 
 
-def _install(t: _Target) -> None:
-    """Puts the finished inode at `final` atomically."""
-    if t.mode is Mode.TMPFILE:
-        proc_link = f"/proc/self/fd/{t.fd}"
-        if not t.replaces:
-            try:
-                # linkat(AT_SYMLINK_FOLLOW) through /proc: a new file appears complete.
-                _link_fd(proc_link, t.final)
-            except FileExistsError:
-                pass  # created meanwhile: replace it like an existing file
-            except OSError as e:
-                raise _install_error(t, e) from None
-            else:
-                _announce_write(t)
-                return
-        t.temp_name = os.path.join(
-            os.path.dirname(t.final) or "/", f".{secrets.token_hex(8)}.e2b-upload.tmp"
-        )
-        try:
-            _link_fd(proc_link, t.temp_name)
-        except OSError as e:
-            t.temp_name = None
-            raise _install_error(t, e) from None
-    assert t.temp_name is not None
-    try:
-        os.rename(t.temp_name, t.final)
-    except OSError as e:
-        raise _install_error(t, e) from None
-    t.temp_name = None
-    _announce_write(t)
-
-
-def _link_fd(proc_link: str, dest: str) -> None:
-    # A directory fd makes Python call linkat(..., AT_SYMLINK_FOLLOW); the
-    # absolute source path ignores it.
-    dir_fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.link(proc_link, dest, src_dir_fd=dir_fd, follow_symlinks=True)
-    finally:
-        os.close(dir_fd)
-
-
-def _install_error(t: _Target, e: OSError) -> FilesError:
-    if e.errno == errno.ENOSPC:
-        return FilesError(507, f"not enough inodes available: {path_error('open', t.path, e)}")
-    return FilesError(500, f"error writing file: {path_error('rename', t.path, e)}")
-
-
-def _announce_write(t: _Target) -> None:
-    """Watchers of the directory expect a WRITE of the target name (SDK tests
-    wait for it), but the content was written under another name: a
-    same-size truncate through the target's name raises IN_MODIFY on it."""
-    try:
-        fd = os.open(t.final, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        ours = os.fstat(t.fd)
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) == (ours.st_dev, ours.st_ino):
-            os.ftruncate(fd, st.st_size)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _discard(t: _Target) -> None:
     if t.fd >= 0:
         with contextlib.suppress(OSError):
             os.close(t.fd)
         t.fd = -1
-    if t.temp_name is not None:
+    if t.created is not None:
+        # Only the file we created, not one that replaced it meanwhile.
         with contextlib.suppress(OSError):
-            os.unlink(t.temp_name)
-        t.temp_name = None
+            st = os.lstat(t.path)
+            if (st.st_dev, st.st_ino) == t.created:
+                os.unlink(t.path)
+        t.created = None

@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
+from envd.fs.dirs import EnsureDirsError, UserIdError, ensure_dirs, user_ids
+from envd.fs.entry import EntryInfo, IdNames, entry_info
+from envd.fs.errors import errno_text, go_quote, link_error, path_error
 from envd.permissions.paths import go_clean, go_dir
 from envd.permissions.users import User
-from envd.services.filesystem.dirs import EnsureDirsError, UserIdError, ensure_dirs, user_ids
-from envd.services.filesystem.entry import EntryInfo, IdNames, entry_info
-from envd.services.filesystem.oserror import errno_text, go_quote, link_error, path_error
 
 
 def _marshal_error() -> ConnectError:

@@ -23,10 +23,11 @@ from collections.abc import Awaitable, Callable
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
+from envd.fs import dirs
+from envd.fs.entry import IdNames, entry_info
+from envd.fs.errors import errno_text, go_quote, path_error
 from envd.gen.filesystem import filesystem_pb2
 from envd.services.filesystem import inotify
-from envd.services.filesystem.entry import IdNames, entry_info
-from envd.services.filesystem.oserror import errno_text, go_quote, path_error
 
 FilesystemEvent = filesystem_pb2.FilesystemEvent
 
@@ -200,6 +201,13 @@ class Watcher:
         # `_busy`/`_closed` decide who closes the fd: a batch still running in
         # a worker thread must never see the number reused by another open().
         self._lock = threading.Lock()
+        # Held while a new subdirectory is watched and walked, and while a
+        # directory announced by ensure_dirs is watched: never both at once.
+        self._tree_lock = threading.Lock()
+        # Watches added for directories announced by ensure_dirs (any thread),
+        # wd → rel, adopted by the batch that first meets them.
+        self._early: dict[int, str] = {}
+        self._listening = False
         self._busy = False
         self._closed = False
         self._task: asyncio.Task[None] | None = None
@@ -225,6 +233,9 @@ class Watcher:
             sink=sink,
             on_error=on_error,
         )
+        if recursive:
+            dirs.add_dir_listener(watcher._on_dir_created)
+            watcher._listening = True
         watcher._start_reading()
         watcher._task = asyncio.create_task(watcher._run())
         return watcher
@@ -237,6 +248,9 @@ class Watcher:
         """Stop reading and release the inotify instance (at once, or when a running batch ends)."""
         if self._closed:
             return
+        if self._listening:
+            dirs.remove_dir_listener(self._on_dir_created)
+            self._listening = False
         self._stop_reading()
         with self._lock:
             self._closed = True
@@ -338,6 +352,8 @@ class Watcher:
                     del self._dirs[rel]
                 continue
             parent = self._wds.get(ev.wd)
+            if parent is None and self._adopt_early(ev.wd):
+                parent = self._wds.get(ev.wd)
             if parent is None:
                 continue  # a watch we already dropped
             rel = f"{parent}/{ev.name}" if parent and ev.name else (ev.name or parent)
@@ -383,25 +399,65 @@ class Watcher:
             return self.root
         return self.root.rstrip("/") + "/" + rel
 
-    def _add_sub_watch(self, rel: str) -> bool:
-        try:
-            wd = inotify.add_watch(self.fd, self._abs(rel), _SUB_MASK)
-        except OSError as e:
-            if e.errno in _GONE:
-                return False  # removed or replaced before we got to it: nothing to watch
-            if e.errno == errno.EBADF and self._closed:
-                return False
-            raise FatalWatchError(f"watcher error: {errno_text(e.errno)}") from e
+    def _on_dir_created(self, path: str) -> None:
+        """ensure_dirs made `path` (its thread, before filling it): watch it now."""
+        prefix = self.root.rstrip("/") + "/"
+        if not path.startswith(prefix):
+            return
+        rel = path[len(prefix) :]
+        parent = rel.rpartition("/")[0]
+        with self._tree_lock:
+            if parent not in self._dirs and parent not in self._early.values():
+                return  # not (or no longer) inside the watched tree
+            with self._lock:
+                if self._closed:
+                    return
+                try:
+                    wd = inotify.add_watch(self.fd, path, _SUB_MASK)
+                except OSError:
+                    return  # gone again: the kernel reports what happened
+            if wd not in self._wds:
+                self._early[wd] = rel
+
+    def _adopt_early(self, wd: int) -> bool:
+        with self._tree_lock:
+            rel = self._early.pop(wd, None)
+        if rel is None:
+            return False
+        self._register(wd, rel)
+        return True
+
+    def _register(self, wd: int, rel: str) -> None:
         old = self._wds.get(wd)
         if old is not None and self._dirs.get(old) == wd:
             del self._dirs[old]
         self._wds[wd] = rel
         self._dirs[rel] = wd
-        return True
+
+    def _add_sub_watch(self, rel: str) -> int | None:
+        try:
+            wd = inotify.add_watch(self.fd, self._abs(rel), _SUB_MASK)
+        except OSError as e:
+            if e.errno in _GONE:
+                return None  # removed or replaced before we got to it: nothing to watch
+            if e.errno == errno.EBADF and self._closed:
+                return None
+            raise FatalWatchError(f"watcher error: {errno_text(e.errno)}") from e
+        self._register(wd, rel)
+        return wd
 
     def _watch_new_dir(self, out: list[FilesystemEvent], names: IdNames, rel: str) -> None:
+        with self._tree_lock:
+            self._watch_new_dir_locked(out, names, rel)
+
+    def _watch_new_dir_locked(self, out: list[FilesystemEvent], names: IdNames, rel: str) -> None:
         """Watch a new directory, then report (and watch) everything already inside it."""
-        if not self._add_sub_watch(rel):
+        wd = self._add_sub_watch(rel)
+        if wd is None:
+            return
+        if self._early.pop(wd, None) is not None:
+            # Watched by ensure_dirs before anything was put inside: every
+            # entry's own events follow in the queue, so no synthetic CREATEs.
             return
         stack = [rel]
         while stack:
@@ -418,7 +474,7 @@ class Watcher:
                     is_dir = entry.is_dir(follow_symlinks=False)
                 except OSError:
                     continue
-                if is_dir and self._add_sub_watch(child):
+                if is_dir and self._add_sub_watch(child) is not None:
                     subdirs.append(child)
             stack.extend(reversed(subdirs))
 

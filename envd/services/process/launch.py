@@ -26,6 +26,7 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
 from envd.execcontext import ExecContext
+from envd.fs.errors import errno_text as go_errno_text
 from envd.permissions.paths import PathError, expand_and_resolve
 from envd.permissions.users import User, supplementary_groups
 
@@ -119,12 +120,6 @@ def resolve_cwd(cwd: str, user: User, default_workdir: str | None) -> str:
     except (OSError, ValueError):
         pass  # upstream ignores other stat errors here; the spawn reports them
     return path
-
-
-def go_errno_text(code: int) -> str:
-    """Go's syscall.Errno strings are the C library's, lower-cased."""
-    text = os.strerror(code)
-    return text[:1].lower() + text[1:]
 
 
 class SpawnError(Exception):

@@ -8,12 +8,46 @@ directories are left alone. Blocking: async callers use a worker thread.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
+import threading
+from collections.abc import Callable
 
+from envd.fs.errors import path_error
 from envd.permissions.paths import go_dir
 from envd.permissions.users import User
-from envd.services.filesystem.oserror import path_error
+
+log = logging.getLogger("envd.fs.dirs")
+
+# Called with each directory `ensure_dirs` created, in the creating thread,
+# before anything is put inside it: a recursive watcher adds its watch there
+# and then, so the files an upload or a MakeDir puts into a new directory are
+# all reported (a watch added later, after its IN_CREATE is read, would miss
+# them). Listeners must be quick and thread-safe.
+DirCreated = Callable[[str], None]
+_listeners: set[DirCreated] = set()
+_listeners_lock = threading.Lock()
+
+
+def add_dir_listener(listener: DirCreated) -> None:
+    with _listeners_lock:
+        _listeners.add(listener)
+
+
+def remove_dir_listener(listener: DirCreated) -> None:
+    with _listeners_lock:
+        _listeners.discard(listener)
+
+
+def _announce(path: str) -> None:
+    with _listeners_lock:
+        listeners = list(_listeners)
+    for listener in listeners:
+        try:
+            listener(path)
+        except Exception:  # a watcher's trouble must not fail the caller's mkdir
+            log.exception("directory listener failed for %s", path)
 
 
 class EnsureDirsError(Exception):
@@ -82,3 +116,4 @@ def ensure_dirs(path: str, uid: int, gid: int) -> None:
             raise EnsureDirsError(
                 f"failed to chown directory: {path_error('chown', level, e)}"
             ) from e
+        _announce(level)

@@ -1,4 +1,4 @@
-"""Operating-system errors worded as Go's `os` package words them.
+"""Operating-system errors worded as Go's `os` and `syscall` packages word them.
 
 Upstream's messages embed Go's `*PathError` texts (`lstat /x: no such file or
 directory`); clients show them to users, so we rebuild them from errno.
@@ -6,7 +6,12 @@ directory`); clients show them to users, so we rebuild them from errno.
 
 from __future__ import annotations
 
+import errno as _errno
 import os
+
+# Out of blocks or inodes (EDQUOT: out of the user's quota); the HTTP surface
+# answers these 507 Insufficient Storage.
+NO_SPACE = (_errno.ENOSPC, _errno.EDQUOT)
 
 
 def errno_text(errno: int | None) -> str:

@@ -1,8 +1,8 @@
-"""Steps shared by the file endpoints: user selection and errno wording."""
+"""Who a `/files` request acts as and on what: its access check, its user
+(the `username` parameter, never the Basic-auth user), that user's ids and
+its resolved paths; the file layer's errors worded as HTTP answers."""
 
 from __future__ import annotations
-
-import errno
 
 from starlette.requests import Request
 
@@ -11,11 +11,9 @@ from envd.api.files.errors import FilesError
 from envd.api.files.query import FileParams
 from envd.api.token import access_token_header
 from envd.execcontext import ExecContext
-from envd.permissions.paths import PathError, expand_and_resolve
+from envd.fs.dirs import EnsureDirsError, UserIdError, ensure_dirs, user_ids
+from envd.permissions.paths import PathError, expand_and_resolve, go_dir
 from envd.permissions.users import User, UserLookupError, lookup_user
-from envd.services.filesystem.dirs import UserIdError, user_ids
-
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def exec_context(request: Request) -> ExecContext:
@@ -42,7 +40,7 @@ def check_access(request: Request, params: FileParams, operation: str) -> None:
         raise FilesError(401, denied)
 
 
-def request_user(username: str | None, ctx: ExecContext) -> User:
+def param_or_default_user(username: str | None, ctx: ExecContext) -> User:
     """The `username` parameter (even empty) else the default user; never
     the Basic-auth user, which upstream's file endpoints ignore."""
     name = ctx.default_user if username is None else username
@@ -52,7 +50,7 @@ def request_user(username: str | None, ctx: ExecContext) -> User:
         raise FilesError(401, f"error looking up user '{name}': {e}") from None
 
 
-def request_ids(user: User) -> tuple[int, int]:
+def user_ids_of(user: User) -> tuple[int, int]:
     try:
         return user_ids(user)
     except UserIdError as e:
@@ -61,7 +59,18 @@ def request_ids(user: User) -> tuple[int, int]:
 
 def resolve(path: str, user: User, ctx: ExecContext, wording: str) -> str:
     """Resolved path; a bad `~name` is a 400 whose text starts with `wording`."""
+    if "\x00" in path:
+        # No system call takes it (Go's fail with EINVAL); refused before any is tried.
+        raise FilesError(400, f"{wording}: path contains a NUL byte: invalid argument")
     try:
         return expand_and_resolve(path, user, ctx.default_workdir)
     except PathError as e:
         raise FilesError(400, f"{wording}: {e}") from None
+
+
+def ensure_parent_dirs(path: str, uid: int, gid: int) -> None:
+    """`path`'s missing ancestors, owned by uid:gid (blocking)."""
+    try:
+        ensure_dirs(go_dir(path), uid, gid)
+    except EnsureDirsError as e:
+        raise FilesError(500, f"error ensuring directories: {e}") from None
