@@ -14,7 +14,6 @@ from starlette.routing import Mount, Route
 
 from envd.api.envs import get_envs, get_metrics
 from envd.api.files.routes import file_routes
-from envd.middleware.headers import TrimHeaderValuesMiddleware
 from envd.api.health import health
 from envd.api.init import post_init
 from envd.api.router import http_exception
@@ -27,6 +26,7 @@ from envd.logs import HTTPExporter
 from envd.middleware.access_token import AccessTokenMiddleware
 from envd.middleware.basic_auth import BasicAuthMiddleware
 from envd.middleware.cors import CORSMiddleware
+from envd.middleware.headers import TrimHeaderValuesMiddleware
 from envd.middleware.state import RequestStateMiddleware
 from envd.rpc.codec import codecs
 from envd.services.filesystem.legacy import LegacyInterceptor
