@@ -22,6 +22,7 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
 from envd.execcontext import ExecContext
+from envd.fs.errors import errno_text as go_errno_text
 from envd.gen.process import process_pb2
 from envd.permissions.users import User
 from envd.services.process import launch
@@ -57,7 +58,7 @@ def _pipe() -> tuple[int, int]:
 
 def _write_error_text(e: OSError) -> str:
     # Writing to an fd we closed meanwhile is Go's os.ErrClosed.
-    return "file already closed" if e.errno == errno.EBADF else launch.go_errno_text(e.errno or 0)
+    return "file already closed" if e.errno == errno.EBADF else go_errno_text(e.errno or 0)
 
 
 def _winsize(rows: int, cols: int) -> bytes:
@@ -236,7 +237,7 @@ class ProcessHandle:
             ) from None
         except OSError as e:
             raise ConnectError(
-                Code.INTERNAL, f"error sending signal: {launch.go_errno_text(e.errno or 0)}"
+                Code.INTERNAL, f"error sending signal: {go_errno_text(e.errno or 0)}"
             ) from None
         self._maybe_finish()
 
@@ -247,7 +248,7 @@ class ProcessHandle:
             fcntl.ioctl(self.master, termios.TIOCSWINSZ, _winsize(rows, cols))
         except OSError as e:
             raise ConnectError(
-                Code.INTERNAL, f"error resizing tty: {launch.go_errno_text(e.errno or 0)}"
+                Code.INTERNAL, f"error resizing tty: {go_errno_text(e.errno or 0)}"
             ) from None
 
     async def write_stdin(self, data: bytes) -> None:
@@ -338,7 +339,7 @@ class ProcessHandle:
             os.close(fd)
         except OSError as e:
             raise ConnectError(
-                Code.UNKNOWN, f"error closing stdin: {launch.go_errno_text(e.errno or 0)}"
+                Code.UNKNOWN, f"error closing stdin: {go_errno_text(e.errno or 0)}"
             ) from None
 
 
@@ -431,7 +432,7 @@ async def launch_process(
                 if failed is not None:
                     # The shell exits right after reporting.
                     await asyncio.to_thread(os.waitpid, pid, 0)
-                    text = launch.go_errno_text(failed)
+                    text = go_errno_text(failed)
                     raise launch.SpawnError(f"fork/exec {launch.SHELL}: {text}")
         except launch.SpawnError as e:
             raise ConnectError(
@@ -478,8 +479,7 @@ async def _read_to_end(loop: asyncio.AbstractEventLoop, fd: int) -> bytes:
 def _pipe_error(which: str, command: str, e: OSError) -> ConnectError:
     return ConnectError(
         Code.INTERNAL,
-        f"error creating {which} pipe for command '{command}':"
-        f" {launch.go_errno_text(e.errno or 0)}",
+        f"error creating {which} pipe for command '{command}': {go_errno_text(e.errno or 0)}",
     )
 
 
