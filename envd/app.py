@@ -27,7 +27,9 @@ from envd.gen.process.process_connect import ProcessASGIApplication
 from envd.logs import HTTPExporter
 from envd.permissions.basic_auth import BasicAuthMiddleware
 from envd.rpc.codec import codecs
+from envd.rpc.compression import CheckedGzip
 from envd.rpc.context import RequestStateMiddleware
+from envd.rpc.guard import ConnectGuard
 from envd.services.filesystem.legacy import LegacyInterceptor
 from envd.services.filesystem.service import FilesystemService
 from envd.services.process.service import ProcessService
@@ -59,10 +61,13 @@ def create_app(
         await filesystem.close()
         await control.close()
 
-    process_app = ProcessASGIApplication(process, codecs=codecs())
+    process_app = ProcessASGIApplication(process, codecs=codecs(), compressions=[CheckedGzip()])
     # Only the filesystem service speaks the old SDK's shapes, as upstream.
     filesystem_app = FilesystemASGIApplication(
-        filesystem, codecs=codecs(), interceptors=[LegacyInterceptor()]
+        filesystem,
+        codecs=codecs(),
+        compressions=[CheckedGzip()],
+        interceptors=[LegacyInterceptor()],
     )
     app = Starlette(
         routes=[
@@ -71,8 +76,8 @@ def create_app(
             _get("/metrics", get_metrics),
             Route("/init", post_init, methods=["POST"], include_in_schema=False),
             *file_routes(),
-            Mount(process_app.path, app=process_app),
-            Mount(filesystem_app.path, app=filesystem_app),
+            Mount(process_app.path, app=ConnectGuard(process_app)),
+            Mount(filesystem_app.path, app=ConnectGuard(filesystem_app)),
         ],
         middleware=[
             # Outermost first, as upstream: CORS, access token, Basic-auth user.

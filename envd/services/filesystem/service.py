@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -110,6 +111,11 @@ class FilesystemService(Filesystem):
         return request_user(self.exec_ctx.default_user)
 
     def _resolve(self, path: str, user: User) -> str:
+        if "\0" in path:
+            # No system call takes it (Go's fail with EINVAL); refuse it up front.
+            raise ConnectError(
+                Code.INVALID_ARGUMENT, f"invalid path {json.dumps(path)}: contains NUL"
+            )
         try:
             return expand_and_resolve(path, user, self.exec_ctx.default_workdir)
         except PathError as e:
