@@ -94,4 +94,11 @@ def create_app(
     app.state.process = process
     app.state.filesystem = filesystem
     app.state.control = control
+
+    async def end_streams() -> None:
+        # Shutdown has begun: open streams end with `unavailable`, new ones too.
+        await process.close()
+        filesystem.end_streams()
+
+    app.state.end_streams = end_streams
     return app

@@ -35,6 +35,8 @@ FAST_ENCODERS[pb.ListDirResponse] = encode_list_dir
 STREAM_QUEUE_BATCHES = 16
 # Unfetched events one polling watcher may hold (upstream: unbounded).
 POLL_BUFFER_LIMIT = 65_536
+# How streams end when the daemon stops (docs/compatibility.md).
+SHUTTING_DOWN = "envd is shutting down"
 WATCHER_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz1234567890"
 
 
@@ -94,6 +96,12 @@ class FilesystemService(Filesystem):
         self.exec_ctx = exec_ctx
         self._polled: dict[str, PolledWatcher] = {}
         self._streams: set[Watcher] = set()
+        # Set at shutdown: WatchDir streams end with `unavailable`.
+        self._ending = asyncio.Event()
+
+    def end_streams(self) -> None:
+        """Shutdown has begun: end WatchDir streams with `unavailable`, refuse new ones."""
+        self._ending.set()
 
     async def close(self) -> None:
         """Stop every watcher and release every inotify instance (daemon shutdown)."""
@@ -156,6 +164,8 @@ class FilesystemService(Filesystem):
     async def watch_dir(
         self, request: pb.WatchDirRequest, ctx: RequestContext
     ) -> AsyncIterator[pb.WatchDirResponse]:
+        if self._ending.is_set():
+            raise ConnectError(Code.UNAVAILABLE, SHUTTING_DOWN)
         path = self._resolve(request.path, self._user())
         interval = keepalive_interval(ctx.request_headers)
         remaining_ms = ctx.timeout_ms
@@ -171,6 +181,7 @@ class FilesystemService(Filesystem):
         watcher = await _open_watcher(path, request, queue.put, on_error)
         self._streams.add(watcher)
         disconnected = asyncio.ensure_future(request_state().disconnected.wait())
+        ending = asyncio.ensure_future(self._ending.wait())
         getter: asyncio.Future[list[FilesystemEvent]] | None = None
         try:
             yield pb.WatchDirResponse(start=pb.WatchDirResponse.StartEvent())
@@ -183,7 +194,7 @@ class FilesystemService(Filesystem):
                 if getter is None:
                     getter = asyncio.ensure_future(queue.get())
                 done, _ = await asyncio.wait(
-                    {getter, failure, disconnected},
+                    {getter, failure, disconnected, ending},
                     timeout=timeout,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
@@ -200,12 +211,15 @@ class FilesystemService(Filesystem):
                     raise ConnectError(Code.INTERNAL, failure.result())
                 if disconnected in done:
                     return
+                if ending in done:
+                    raise ConnectError(Code.UNAVAILABLE, SHUTTING_DOWN)
                 if deadline is None or time.monotonic() < deadline:
                     yield pb.WatchDirResponse(keepalive=pb.WatchDirResponse.KeepAlive())
         finally:
             watcher.close()
             self._streams.discard(watcher)
             disconnected.cancel()
+            ending.cancel()
             if getter is not None:
                 getter.cancel()
 

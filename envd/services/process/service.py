@@ -25,7 +25,7 @@ from envd.permissions.users import User
 from envd.rpc.context import request_state
 from envd.rpc.headers import keepalive_interval
 from envd.services.process.fanout import KEEPALIVE, Subscriber
-from envd.services.process.handler import ProcessHandle, launch_process
+from envd.services.process.handler import SHUTTING_DOWN, ProcessHandle, launch_process
 from envd.services.process.status import ExitStatus
 from envd.services.process.table import ProcessTable, check_selector
 from envd.services.process.wire import DataChunk
@@ -74,6 +74,7 @@ class ProcessService(Process):
     def __init__(self, exec_ctx: ExecContext) -> None:
         self.exec_ctx = exec_ctx
         self._table: ProcessTable | None = None
+        self._closing = False
 
     @property
     def table(self) -> ProcessTable:
@@ -83,9 +84,18 @@ class ProcessService(Process):
         return self._table
 
     async def close(self) -> None:
-        """Shutdown: drop our fds, timers and streams; children keep running (as upstream)."""
+        """Shutdown: drop our fds, timers and streams; children keep running (as upstream).
+
+        Open streams end with `unavailable`; streams asked for afterwards
+        (while uvicorn drains) get it at once.
+        """
+        self._closing = True
         if self._table is not None:
             self._table.close()
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise ConnectError(Code.UNAVAILABLE, SHUTTING_DOWN)
 
     def _user(self) -> User:
         return request_user(self.exec_ctx.default_user)
@@ -95,6 +105,7 @@ class ProcessService(Process):
     async def start(
         self, request: pb.StartRequest, ctx: RequestContext[pb.StartRequest, pb.StartResponse]
     ) -> AsyncIterator[pb.StartResponse]:
+        self._check_open()
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = request_deadline(ctx, loop)
@@ -138,6 +149,7 @@ class ProcessService(Process):
         request: pb.ConnectRequest,
         ctx: RequestContext[pb.ConnectRequest, pb.ConnectResponse],
     ) -> AsyncIterator[pb.ConnectResponse]:
+        self._check_open()
         loop = asyncio.get_running_loop()
         deadline = request_deadline(ctx, loop)
         selector = check_selector(request)
