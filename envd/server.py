@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import importlib.util
 import logging
@@ -68,6 +69,15 @@ class EnvdServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+def _http_protocol() -> type[asyncio.Protocol] | str:
+    if importlib.util.find_spec("httptools") is None:
+        return "h11"
+    # Imported here: it needs httptools.
+    from envd.headlimit import BoundedHttpToolsProtocol  # noqa: PLC0415
+
+    return BoundedHttpToolsProtocol
+
+
 def uvicorn_config(
     config: Config, exporter: HTTPExporter | None = None, app: Starlette | None = None
 ) -> uvicorn.Config:
@@ -76,14 +86,14 @@ def uvicorn_config(
         host=config.host,
         port=config.port,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        http=_http_protocol(),
         lifespan="on",
         access_log=False,
         log_config=None,  # envd.logs.setup_logging owns the handlers
         timeout_keep_alive=IDLE_TIMEOUT_S,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-        # Upstream's header limit is Go's 1 MiB default; uvicorn has no knob
-        # for httptools, and h11's default is 64 KiB.
+        # Upstream's header limit is Go's 1 MiB default; h11's default is
+        # 64 KiB, and httptools gets envd.headlimit.
         h11_max_incomplete_event_size=1 << 20,
         server_header=False,
         date_header=True,

@@ -51,6 +51,16 @@ class ConnectGuard:
         if kind == "application/grpc" or kind.startswith("application/grpc+"):
             await send_connect_error(send, content_type, Code.UNIMPLEMENTED, GRPC_UNSUPPORTED)
             return
+        if kind.startswith("application/connect+"):
+            # connectrpc would read compressed envelopes in an unknown encoding
+            # as uncompressed ones (`internal`); connect-go refuses the encoding.
+            encoding = next(
+                (v.decode() for k, v in headers if k == b"connect-content-encoding"), ""
+            )
+            if encoding not in ("", "identity", "gzip"):
+                message = f'unknown compression "{encoding}": supported encodings are gzip'
+                await send_connect_error(send, content_type, Code.UNIMPLEMENTED, message)
+                return
         # Unary Connect carries one bare message; streams and gRPC-Web use envelopes.
         request_state().unary_body = not kind.startswith(
             ("application/connect+", "application/grpc")
