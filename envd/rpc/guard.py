@@ -32,6 +32,26 @@ def _utf8(value: bytes) -> bytes:
     return value
 
 
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    return next((v.decode() for k, v in headers if k == name), None)
+
+
+def _stream_header_error(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """connectrpc's own checks of the request headers, with its texts."""
+    version = _header(headers, b"connect-protocol-version")
+    if version is not None and version != "1":
+        return f"connect-protocol-version must be '1': got '{version}'"
+    timeout = _header(headers, b"connect-timeout-ms")
+    if timeout:
+        if len(timeout) > 10:
+            return f"Invalid timeout header: '{timeout} has >10 digits"
+        try:
+            int(timeout)
+        except ValueError:
+            return f"Invalid timeout header: '{timeout}'"
+    return None
+
+
 def media_type(content_type: str) -> str:
     return content_type.partition(";")[0].strip().lower()
 
@@ -46,17 +66,22 @@ class ConnectGuard:
             return
         headers = [(_utf8(k), _utf8(v)) for k, v in scope.get("headers", ())]
         scope = {**scope, "headers": headers}
-        content_type = next((v.decode() for k, v in headers if k == b"content-type"), "")
+        content_type = _header(headers, b"content-type") or ""
         kind = media_type(content_type)
         if kind == "application/grpc" or kind.startswith("application/grpc+"):
             await send_connect_error(send, content_type, Code.UNIMPLEMENTED, GRPC_UNSUPPORTED)
             return
         if kind.startswith("application/connect+"):
+            # connectrpc checks these before it knows it serves a stream and
+            # answers with a unary error; a Connect stream error is an
+            # end-stream message (HTTP 200), as connect-go sends it.
+            refusal = _stream_header_error(headers)
+            if refusal is not None:
+                await send_connect_error(send, content_type, Code.INVALID_ARGUMENT, refusal)
+                return
             # connectrpc would read compressed envelopes in an unknown encoding
             # as uncompressed ones (`internal`); connect-go refuses the encoding.
-            encoding = next(
-                (v.decode() for k, v in headers if k == b"connect-content-encoding"), ""
-            )
+            encoding = _header(headers, b"connect-content-encoding") or ""
             if encoding not in ("", "identity", "gzip"):
                 message = f'unknown compression "{encoding}": supported encodings are gzip'
                 await send_connect_error(send, content_type, Code.UNIMPLEMENTED, message)
