@@ -20,6 +20,8 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -679,6 +681,7 @@ def _read_frames(r: httpx.Response) -> list[tuple[int, bytes]]:
 
 def test_sigterm_ends_open_streams_with_unavailable(tmp: Path) -> None:
     d = Daemon().start()
+    unavailable = {"error": {"code": "unavailable", "message": "envd is shutting down"}}
     pids: list[int] = []
     opened = []
     try:
@@ -697,16 +700,34 @@ def test_sigterm_ends_open_streams_with_unavailable(tmp: Path) -> None:
         opened.append(_open_stream(d.url + FS + "WatchDir", {"path": str(tmp)}))
         for _, r in opened:
             assert r.status_code == 200
+        # A client stream too: its request body stays open until we let it end.
+        release = threading.Event()
+        answer: list[bytes] = []
+
+        def input_body() -> Iterator[bytes]:
+            yield envelope(json.dumps({"start": {"process": {"pid": pids[0]}}}).encode())
+            release.wait(20)
+
+        def stream_input() -> None:
+            r = httpx.post(
+                d.url + PROC + "StreamInput", content=input_body(), headers=STREAM_JSON, timeout=30
+            )
+            answer.append(r.content)
+
+        sender = threading.Thread(target=stream_input)
+        sender.start()
+        time.sleep(0.5)
         d.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         rest = head[size:] + b"".join(raw)
         ends = [parse_envelopes(rest)] + [_read_frames(r) for _, r in opened[1:]]
         for frames in ends:
             flags, payload = frames[-1]
             assert flags == 2
-            assert json.loads(payload) == {
-                "error": {"code": "unavailable", "message": "envd is shutting down"}
-            }
+            assert json.loads(payload) == unavailable
         assert d.proc.wait(10) is not None  # type: ignore[union-attr]
+        release.set()
+        sender.join(30)
+        assert parse_envelopes(answer[0]) == [(2, json.dumps(unavailable).encode())]
         assert "Traceback" not in d.output()
         # Children outlive the daemon, as upstream's do.
         os.kill(pids[0], 0)

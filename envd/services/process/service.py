@@ -75,6 +75,8 @@ class ProcessService(Process):
         self.exec_ctx = exec_ctx
         self._table: ProcessTable | None = None
         self._closing = False
+        # Set with _closing: wakes StreamInput calls waiting for their client.
+        self._closed = asyncio.Event()
 
     @property
     def table(self) -> ProcessTable:
@@ -90,6 +92,7 @@ class ProcessService(Process):
         (while uvicorn drains) get it at once.
         """
         self._closing = True
+        self._closed.set()
         if self._table is not None:
             self._table.close()
 
@@ -204,7 +207,7 @@ class ProcessService(Process):
         messages = aiter(request)
         while True:
             try:
-                message = await anext(messages)
+                message = await self._next_input(messages)
             except StopAsyncIteration:
                 return pb.StreamInputResponse()
             except ConnectError as e:
@@ -213,6 +216,8 @@ class ProcessService(Process):
                 ) from None
             except Exception as e:
                 raise ConnectError(Code.UNKNOWN, f"error streaming input: {e}") from None
+            if message is None:
+                raise ConnectError(Code.UNAVAILABLE, SHUTTING_DOWN)
             match message.WhichOneof("event"):
                 case "start":
                     target = self.table.get(message.start)
@@ -228,6 +233,24 @@ class ProcessService(Process):
                     pass
                 case _:
                     raise ConnectError(Code.UNIMPLEMENTED, "invalid event type <nil>")
+
+    async def _next_input(
+        self, messages: AsyncIterator[pb.StreamInputRequest]
+    ) -> pb.StreamInputRequest | None:
+        """The client's next message; None once the daemon is stopping."""
+        if self._closing:
+            return None
+        receiving = asyncio.ensure_future(anext(messages))
+        closing = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait({receiving, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+        if not receiving.done():
+            receiving.cancel()
+            receiving.add_done_callback(_consume_outcome)
+            return None
+        return receiving.result()
 
     async def send_signal(
         self,
@@ -306,6 +329,12 @@ async def _events(
         if watcher is not None:
             watcher.cancel()
         subscriber.leave()
+
+
+def _consume_outcome(future: asyncio.Future[Any]) -> None:
+    # The abandoned read ends with the runtime's `canceled` error; nobody needs it.
+    if not future.cancelled():
+        future.exception()
 
 
 def _drop_subscription(launched: asyncio.Future[tuple[ProcessHandle, Subscriber]]) -> None:
