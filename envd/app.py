@@ -29,6 +29,8 @@ from envd.middleware.cors import CORSMiddleware
 from envd.middleware.headers import TrimHeaderValuesMiddleware
 from envd.middleware.state import RequestStateMiddleware
 from envd.rpc.codec import codecs
+from envd.rpc.compression import CheckedGzip
+from envd.rpc.guard import ConnectGuard
 from envd.services.filesystem.legacy import LegacyInterceptor
 from envd.services.filesystem.service import FilesystemService
 from envd.services.process.backlog import Retention
@@ -63,10 +65,13 @@ def create_app(
         await filesystem.close()
         await control.close()
 
-    process_app = ProcessASGIApplication(process, codecs=codecs())
+    process_app = ProcessASGIApplication(process, codecs=codecs(), compressions=[CheckedGzip()])
     # Only the filesystem service speaks the old SDK's shapes, as upstream.
     filesystem_app = FilesystemASGIApplication(
-        filesystem, codecs=codecs(), interceptors=[LegacyInterceptor()]
+        filesystem,
+        codecs=codecs(),
+        compressions=[CheckedGzip()],
+        interceptors=[LegacyInterceptor()],
     )
     app = Starlette(
         routes=[
@@ -75,8 +80,8 @@ def create_app(
             _get("/metrics", get_metrics),
             Route("/init", post_init, methods=["POST"], include_in_schema=False),
             *file_routes(),
-            Mount(process_app.path, app=process_app),
-            Mount(filesystem_app.path, app=filesystem_app),
+            Mount(process_app.path, app=ConnectGuard(process_app)),
+            Mount(filesystem_app.path, app=ConnectGuard(filesystem_app)),
         ],
         middleware=[
             # Outermost first, as upstream: CORS, access token, Basic-auth user;
@@ -95,4 +100,11 @@ def create_app(
     app.state.process = process
     app.state.filesystem = filesystem
     app.state.control = control
+
+    async def end_streams() -> None:
+        # Shutdown has begun: open streams end with `unavailable`, new ones too.
+        await process.close()
+        filesystem.end_streams()
+
+    app.state.end_streams = end_streams
     return app

@@ -43,7 +43,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("logging", frozenset({"logs"})),
     (
         "foundation",
-        frozenset({"asgi", "boot", "config", "execcontext", "httpclient", "http_limits"}),
+        frozenset({"asgi", "boot", "config", "execcontext", "httpclient", "headlimit"}),
     ),
     # envd/__init__.py: the version constants.
     ("package", frozenset({"envd"})),

@@ -251,11 +251,14 @@ def test_input_errors(envd: Daemon) -> None:
     url = envd.url
     assert err(unary_json(url, "SendInput", {"process": {"pid": pid}, "input": {"stdin": "YQ=="}}))[
         1
-    ] == {"code": "internal", "message": "error writing to stdin: stdin not enabled or closed"}
+    ] == {
+        "code": "failed_precondition",
+        "message": "error writing to stdin: stdin not enabled or closed",
+    }
     assert err(unary_json(url, "SendInput", {"process": {"pid": pid}, "input": {"pty": "YQ=="}}))[
         1
     ] == {
-        "code": "internal",
+        "code": "failed_precondition",
         "message": "error writing to tty: tty not assigned to process "
         f"{DASH} input should be written to the stdin, not the tty",
     }
@@ -280,15 +283,15 @@ def test_pty_input_errors(envd: Daemon) -> None:
     pid = start_background(envd.url, "sleep 30", pty={"size": {"cols": 80, "rows": 24}})
     r = unary_json(envd.url, "SendInput", {"process": {"pid": pid}, "input": {"stdin": "YQ=="}})
     assert r.json() == {
-        "code": "internal",
+        "code": "failed_precondition",
         "message": "error writing to stdin: tty assigned to process "
         f"{DASH} input should be written to the pty, not the stdin",
     }
     r = unary_json(envd.url, "CloseStdin", {"process": {"pid": pid}})
     assert err(r) == (
-        500,
+        400,
         {
-            "code": "unknown",
+            "code": "failed_precondition",
             "message": "error closing stdin: cannot close stdin for PTY process "
             f"{DASH} send Ctrl+D (0x04) instead",
         },
@@ -300,7 +303,7 @@ def test_stdin_write_after_reader_exited(envd: Daemon) -> None:
     time.sleep(0.3)
     r = unary_json(envd.url, "SendInput", {"process": {"pid": pid}, "input": {"stdin": "YQ=="}})
     assert r.json() == {
-        "code": "internal",
+        "code": "failed_precondition",
         "message": "error writing to stdin: error writing to stdin of process "
         f"'{pid}': write |1: broken pipe",
     }

@@ -18,7 +18,9 @@ from connectrpc.code import Code
 from connectrpc.codec import Codec
 from connectrpc.errors import ConnectError
 from google.protobuf import json_format
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
+
+from envd.rpc.context import request_state
 
 M = TypeVar("M", bound=Message)
 
@@ -27,7 +29,11 @@ M = TypeVar("M", bound=Message)
 FAST_ENCODERS: dict[type, Callable[[Any], bytes]] = {}
 
 
-def _unmarshal_error(message_class: type[Message], error: Exception) -> ConnectError:
+# JSON's insignificant whitespace (RFC 8259); Python's str.strip() strips more.
+_JSON_WHITESPACE = " \t\n\r"
+
+
+def _unmarshal_error(message_class: type[Message], error: object) -> ConnectError:
     # A request that does not decode is the caller's fault: connect-go answers
     # invalid_argument; an exception escaping the codec would be `unknown`
     # plus a traceback in our log.
@@ -45,7 +51,7 @@ class ProtoBinaryCodec(Codec[Message, Any]):
     def decode(self, data: bytes | bytearray, message_class: type[M]) -> M:
         try:
             return message_class.FromString(bytes(data))
-        except DecodeError as e:
+        except Exception as e:  # any decoder failure is the caller's input
             raise _unmarshal_error(message_class, e) from None
 
 
@@ -62,13 +68,33 @@ class CompactJSONCodec(Codec[Message, Any]):
         ).encode()
 
     def decode(self, data: bytes | bytearray, message_class: type[M]) -> M:
-        message = message_class()
-        # protojson accepts an empty body as the empty message.
-        if data.strip():
-            try:
-                json_format.Parse(bytes(data), message, ignore_unknown_fields=True)
-            except json_format.ParseError as e:
-                raise _unmarshal_error(message_class, e) from None
+        message: M = message_class()
+        if not data:
+            # connect-go: an empty stream envelope is the empty message, but an
+            # empty unary body is an error of its JSON codec.
+            if request_state().unary_body:
+                raise _unmarshal_error(
+                    message_class, "zero-length payload is not a valid JSON object"
+                )
+            return message
+        try:
+            text = bytes(data).decode()
+        except UnicodeDecodeError as e:
+            raise _unmarshal_error(message_class, f"invalid UTF-8 at byte {e.start}") from None
+        body = text.lstrip(_JSON_WHITESPACE)
+        # protojson wants an object at the top; Python's parser would take
+        # `[]`, `"x"` or nothing at all for the empty message.
+        if not body.startswith("{"):
+            token = body[:1] or "EOF"
+            raise _unmarshal_error(
+                message_class, f"syntax error: unexpected token {token}, want a JSON object"
+            )
+        try:
+            json_format.Parse(text, message, ignore_unknown_fields=True)
+        except Exception as e:  # ParseError, RecursionError, ...: the caller's input
+            if "recursion" in str(e):
+                raise _unmarshal_error(message_class, "exceeded max recursion depth") from None
+            raise _unmarshal_error(message_class, e) from None
         return message
 
 

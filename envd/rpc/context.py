@@ -23,6 +23,8 @@ from envd.permissions.users import User, UserLookupError, lookup_user
 class RequestState:
     # Basic-auth user, validated by the middleware; None when the request had none.
     user: User | None = None
+    # A unary Connect request (body = one bare message, no envelope).
+    unary_body: bool = False
     # Set once the client has gone away (ASGI `http.disconnect` seen).
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,6 +34,8 @@ FAST_ENCODERS[pb.ListDirResponse] = encode_list_dir
 STREAM_QUEUE_BATCHES = 16
 # Unfetched events one polling watcher may hold (upstream: unbounded).
 POLL_BUFFER_LIMIT = 65_536
+# How streams end when the daemon stops (docs/compatibility.md).
+SHUTTING_DOWN = "envd is shutting down"
 WATCHER_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz1234567890"
 
 
@@ -92,6 +95,12 @@ class FilesystemService(Filesystem):
         self.exec_ctx = exec_ctx
         self._polled: dict[str, PolledWatcher] = {}
         self._streams: set[Watcher] = set()
+        # Set at shutdown: WatchDir streams end with `unavailable`.
+        self._ending = asyncio.Event()
+
+    def end_streams(self) -> None:
+        """Shutdown has begun: end WatchDir streams with `unavailable`, refuse new ones."""
+        self._ending.set()
 
     async def close(self) -> None:
         """Stop every watcher and release every inotify instance (daemon shutdown)."""
@@ -109,6 +118,11 @@ class FilesystemService(Filesystem):
         return basic_auth_or_default_user(self.exec_ctx.default_user)
 
     def _resolve(self, path: str, user: User) -> str:
+        if "\0" in path:
+            # No system call takes it (Go's fail with EINVAL); refuse it up front.
+            raise ConnectError(
+                Code.INVALID_ARGUMENT, f"invalid path {json.dumps(path)}: contains NUL"
+            )
         try:
             return expand_and_resolve(path, user, self.exec_ctx.default_workdir)
         except PathError as e:
@@ -161,6 +175,8 @@ class FilesystemService(Filesystem):
         request: pb.WatchDirRequest,
         ctx: RequestContext[pb.WatchDirRequest, pb.WatchDirResponse],
     ) -> AsyncIterator[pb.WatchDirResponse]:
+        if self._ending.is_set():
+            raise ConnectError(Code.UNAVAILABLE, SHUTTING_DOWN)
         path = self._resolve(request.path, self._user())
         interval = keepalive_interval(ctx.request_headers)
         remaining_ms = ctx.timeout_ms
@@ -176,6 +192,7 @@ class FilesystemService(Filesystem):
         watcher = await _open_watcher(path, request, queue.put, on_error)
         self._streams.add(watcher)
         disconnected = asyncio.ensure_future(request_state().disconnected.wait())
+        ending = asyncio.ensure_future(self._ending.wait())
         getter: asyncio.Future[list[FilesystemEvent]] | None = None
         try:
             yield pb.WatchDirResponse(start=pb.WatchDirResponse.StartEvent())
@@ -187,7 +204,7 @@ class FilesystemService(Filesystem):
                         raise ConnectError(Code.DEADLINE_EXCEEDED, "context deadline exceeded")
                 if getter is None:
                     getter = asyncio.ensure_future(queue.get())
-                waited: set[asyncio.Future[Any]] = {getter, failure, disconnected}
+                waited: set[asyncio.Future[Any]] = {getter, failure, disconnected, ending}
                 done, _ = await asyncio.wait(
                     waited,
                     timeout=timeout,
@@ -206,12 +223,15 @@ class FilesystemService(Filesystem):
                     raise ConnectError(Code.INTERNAL, failure.result())
                 if disconnected in done:
                     return
+                if ending in done:
+                    raise ConnectError(Code.UNAVAILABLE, SHUTTING_DOWN)
                 if deadline is None or time.monotonic() < deadline:
                     yield pb.WatchDirResponse(keepalive=pb.WatchDirResponse.KeepAlive())
         finally:
             watcher.close()
             self._streams.discard(watcher)
             disconnected.cancel()
+            ending.cancel()
             if getter is not None:
                 getter.cancel()
 

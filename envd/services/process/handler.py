@@ -29,6 +29,8 @@ from envd.services.process import launch
 from envd.services.process.fanout import Fanout
 from envd.services.process.status import ExitStatus, from_wait_status
 
+# How streams end when the daemon stops (docs/compatibility.md).
+SHUTTING_DOWN = "envd is shutting down"
 log = logging.getLogger(__name__)
 
 # Upstream reads 32 KiB at a time; with a larger pipe we take up to 256 KiB
@@ -54,6 +56,30 @@ def _pipe() -> tuple[int, int]:
     with contextlib.suppress(OSError):  # a smaller pipe only means smaller reads
         fcntl.fcntl(r, F_SETPIPE_SZ, PIPE_SIZE)
     return r, w
+
+
+# Spawn failures that go away once the sandbox has room again: resource_exhausted
+# (the SDKs' rate-limit error, so clients retry), as e2b-dev/infra#3503 proposes;
+# ENOSPC is what /dev/ptmx says when kernel.pty.max is used up.
+_EXHAUSTED = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE})
+# Input that cannot be delivered because of the process's state, not an envd
+# fault: failed_precondition, as e2b-dev/infra#3622/#3628 propose.
+_STDIN_GONE = frozenset({errno.EPIPE, errno.EBADF, errno.EIO})
+
+
+def _start_code(e: BaseException, *, pty: bool = False) -> Code:
+    cause = e.__cause__ if isinstance(e, launch.SpawnError) else e
+    if isinstance(cause, OSError) and (
+        cause.errno in _EXHAUSTED or (pty and cause.errno == errno.ENOSPC)
+    ):
+        return Code.RESOURCE_EXHAUSTED
+    if isinstance(cause, RuntimeError):  # no thread left for the spawn
+        return Code.RESOURCE_EXHAUSTED
+    return Code.INVALID_ARGUMENT
+
+
+def _input_code(e: OSError) -> Code:
+    return Code.FAILED_PRECONDITION if e.errno in _STDIN_GONE else Code.INTERNAL
 
 
 def _write_error_text(e: OSError) -> str:
@@ -215,7 +241,7 @@ class ProcessHandle:
         if self.finished:
             return
         self.finished = True
-        self.fanout.close(ConnectError(Code.UNAVAILABLE, "envd is shutting down"))
+        self.fanout.close(ConnectError(Code.UNAVAILABLE, SHUTTING_DOWN))
         self._close_fds()
 
     # --- control ---------------------------------------------------------
@@ -254,17 +280,19 @@ class ProcessHandle:
     async def write_stdin(self, data: bytes) -> None:
         if self.terminal:
             raise ConnectError(
-                Code.INTERNAL,
+                Code.FAILED_PRECONDITION,
                 "error writing to stdin: tty assigned to process"
                 " — input should be written to the pty, not the stdin",
             )
         if self.stdin is None:
-            raise ConnectError(Code.INTERNAL, "error writing to stdin: stdin not enabled or closed")
+            raise ConnectError(
+                Code.FAILED_PRECONDITION, "error writing to stdin: stdin not enabled or closed"
+            )
         try:
             await self._write(lambda: self.stdin, data)
         except OSError as e:
             raise ConnectError(
-                Code.INTERNAL,
+                _input_code(e),
                 f"error writing to stdin: error writing to stdin of process '{self.pid}':"
                 f" write |1: {_write_error_text(e)}",
             ) from None
@@ -272,7 +300,7 @@ class ProcessHandle:
     async def write_pty(self, data: bytes) -> None:
         if self.master is None:
             raise ConnectError(
-                Code.INTERNAL,
+                Code.FAILED_PRECONDITION,
                 "error writing to tty: tty not assigned to process"
                 " — input should be written to the stdin, not the tty",
             )
@@ -280,7 +308,7 @@ class ProcessHandle:
             await self._write(lambda: self.master if not self.finished else None, data)
         except OSError as e:
             raise ConnectError(
-                Code.INTERNAL,
+                _input_code(e),
                 f"error writing to tty: error writing to tty of process '{self.pid}':"
                 f" write /dev/ptmx: {_write_error_text(e)}",
             ) from None
@@ -326,7 +354,7 @@ class ProcessHandle:
     def close_stdin(self) -> None:
         if self.terminal:
             raise ConnectError(
-                Code.UNKNOWN,
+                Code.FAILED_PRECONDITION,
                 "error closing stdin: cannot close stdin for PTY process"
                 " — send Ctrl+D (0x04) instead",
             )
@@ -369,7 +397,15 @@ async def launch_process(
 
     if request.HasField("pty"):
         cols, rows = request.pty.size.cols, request.pty.size.rows
-        master, slave = os.openpty()
+        try:
+            master, slave = os.openpty()
+        except OSError as e:
+            raise ConnectError(
+                _start_code(e, pty=True),
+                f"error starting pty with command '{command}' in dir '{cwd}'"
+                f" with '{cols}' cols and '{rows}' rows:"
+                f" open /dev/ptmx: {go_errno_text(e.errno or 0)}",
+            ) from None
         try:
             fcntl.ioctl(master, termios.TIOCSWINSZ, _winsize(rows, cols))
             pid = await asyncio.to_thread(
@@ -381,10 +417,10 @@ async def launch_process(
                 launch.Stdio(slave, slave, slave),
                 terminal=True,
             )
-        except (launch.SpawnError, OSError) as e:
+        except (launch.SpawnError, OSError, RuntimeError) as e:
             os.close(master)
             raise ConnectError(
-                Code.INVALID_ARGUMENT,
+                _start_code(e, pty=True),
                 f"error starting pty with command '{command}' in dir '{cwd}'"
                 f" with '{cols}' cols and '{rows}' rows: {e}",
             ) from None
@@ -435,8 +471,11 @@ async def launch_process(
                     text = go_errno_text(failed)
                     raise launch.SpawnError(f"fork/exec {launch.SHELL}: {text}")
         except launch.SpawnError as e:
+            raise ConnectError(_start_code(e), f"error starting process '{command}': {e}") from None
+        except RuntimeError as e:  # the worker thread for Popen could not start
             raise ConnectError(
-                Code.INVALID_ARGUMENT, f"error starting process '{command}': {e}"
+                Code.RESOURCE_EXHAUSTED,
+                f"error starting process '{command}': fork/exec {launch.SHELL}: {e}",
             ) from None
     except BaseException:
         for fd in parent_fds:
@@ -478,7 +517,7 @@ async def _read_to_end(loop: asyncio.AbstractEventLoop, fd: int) -> bytes:
 
 def _pipe_error(which: str, command: str, e: OSError) -> ConnectError:
     return ConnectError(
-        Code.INTERNAL,
+        Code.RESOURCE_EXHAUSTED if e.errno in _EXHAUSTED else Code.INTERNAL,
         f"error creating {which} pipe for command '{command}': {go_errno_text(e.errno or 0)}",
     )
 

@@ -103,6 +103,10 @@ def build_env(user: User, exec_ctx: ExecContext, request_envs: Mapping[str, str]
         # Split at the first '=' as the kernel's consumers do, so a key that
         # itself contains '=' yields exactly the entry upstream would pass.
         key, _, value = entry.partition("=")
+        if not key:
+            # Upstream hands `=value` to execve and its shell drops it, so the
+            # command never sees it; Python's spawn would refuse it instead.
+            continue
         env.pop(key, None)
         env[key] = value
     return [f"{k}={v}" for k, v in env.items()]

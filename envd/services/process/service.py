@@ -25,7 +25,7 @@ from envd.rpc.context import basic_auth_or_default_user, request_state
 from envd.rpc.headers import keepalive_interval
 from envd.services.process.backlog import Retention
 from envd.services.process.fanout import KEEPALIVE, Subscriber
-from envd.services.process.handler import ProcessHandle, launch_process
+from envd.services.process.handler import SHUTTING_DOWN, ProcessHandle, launch_process
 from envd.services.process.status import ExitStatus
 from envd.services.process.table import ProcessTable, check_selector
 from envd.services.process.wire import DataChunk
@@ -75,6 +75,9 @@ class ProcessService(Process):
         self.exec_ctx = exec_ctx
         self.retention = Retention() if retention is None else retention
         self._table: ProcessTable | None = None
+        self._closing = False
+        # Set with _closing: wakes StreamInput calls waiting for their client.
+        self._closed = asyncio.Event()
 
     @property
     def table(self) -> ProcessTable:
@@ -84,9 +87,19 @@ class ProcessService(Process):
         return self._table
 
     async def close(self) -> None:
-        """Shutdown: drop our fds, timers and streams; children keep running (as upstream)."""
+        """Shutdown: drop our fds, timers and streams; children keep running (as upstream).
+
+        Open streams end with `unavailable`; streams asked for afterwards
+        (while uvicorn drains) get it at once.
+        """
+        self._closing = True
+        self._closed.set()
         if self._table is not None:
             self._table.close()
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise ConnectError(Code.UNAVAILABLE, SHUTTING_DOWN)
 
     def _user(self) -> User:
         return basic_auth_or_default_user(self.exec_ctx.default_user)
@@ -96,6 +109,7 @@ class ProcessService(Process):
     async def start(
         self, request: pb.StartRequest, ctx: RequestContext[pb.StartRequest, pb.StartResponse]
     ) -> AsyncIterator[pb.StartResponse]:
+        self._check_open()
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = request_deadline(ctx, loop)
@@ -141,6 +155,7 @@ class ProcessService(Process):
         request: pb.ConnectRequest,
         ctx: RequestContext[pb.ConnectRequest, pb.ConnectResponse],
     ) -> AsyncIterator[pb.ConnectResponse]:
+        self._check_open()
         loop = asyncio.get_running_loop()
         deadline = request_deadline(ctx, loop)
         selector = check_selector(request)
@@ -198,7 +213,7 @@ class ProcessService(Process):
         messages = aiter(request)
         while True:
             try:
-                message = await anext(messages)
+                message = await self._next_input(messages)
             except StopAsyncIteration:
                 return pb.StreamInputResponse()
             except ConnectError as e:
@@ -207,6 +222,8 @@ class ProcessService(Process):
                 ) from None
             except Exception as e:
                 raise ConnectError(Code.UNKNOWN, f"error streaming input: {e}") from None
+            if message is None:
+                raise ConnectError(Code.UNAVAILABLE, SHUTTING_DOWN)
             match message.WhichOneof("event"):
                 case "start":
                     target = self.table.get(message.start)
@@ -222,6 +239,24 @@ class ProcessService(Process):
                     pass
                 case _:
                     raise ConnectError(Code.UNIMPLEMENTED, "invalid event type <nil>")
+
+    async def _next_input(
+        self, messages: AsyncIterator[pb.StreamInputRequest]
+    ) -> pb.StreamInputRequest | None:
+        """The client's next message; None once the daemon is stopping."""
+        if self._closing:
+            return None
+        receiving = asyncio.ensure_future(anext(messages))
+        closing = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait({receiving, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+        if not receiving.done():
+            receiving.cancel()
+            receiving.add_done_callback(_consume_outcome)
+            return None
+        return receiving.result()
 
     async def send_signal(
         self,
@@ -301,6 +336,12 @@ async def _events(
         if watcher is not None:
             watcher.cancel()
         subscriber.leave()
+
+
+def _consume_outcome(future: asyncio.Future[Any]) -> None:
+    # The abandoned read ends with the runtime's `canceled` error; nobody needs it.
+    if not future.cancelled():
+        future.exception()
 
 
 def _drop_subscription(launched: asyncio.Future[tuple[ProcessHandle, Subscriber]]) -> None:
