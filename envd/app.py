@@ -31,6 +31,10 @@ from envd.rpc.context import RequestStateMiddleware
 from envd.services.filesystem.legacy import LegacyInterceptor
 from envd.services.filesystem.service import FilesystemService
 from envd.services.process.service import ProcessService
+from envd.upgrade.freezer import workload_freezer
+from envd.upgrade.incoming import resume
+from envd.upgrade.outgoing import Upgrader
+from envd.upgrade.route import post_upgrade
 
 
 def _get(path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> Route:
@@ -50,11 +54,17 @@ def create_app(
     process = ProcessService(exec_ctx)
     filesystem = FilesystemService(exec_ctx)
     control = ControlPlane(config, exec_ctx, exporter)
+    freezer = workload_freezer(config.cgroup_root, config.no_cgroups)
+    upgrader = Upgrader(config, process, filesystem, control, freezer)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        if config.resume_handover:
+            # Before the first connection is accepted, with the workload still frozen.
+            await resume(config, process, filesystem, control, freezer, control.handover)
         control.start()
         yield
+        control.handover.close()
         await process.close()
         await filesystem.close()
         await control.close()
@@ -70,6 +80,7 @@ def create_app(
             _get("/envs", get_envs),
             _get("/metrics", get_metrics),
             Route("/init", post_init, methods=["POST"], include_in_schema=False),
+            Route("/upgrade", post_upgrade, methods=["POST"], include_in_schema=False),
             *file_routes(),
             Mount(process_app.path, app=process_app),
             Mount(filesystem_app.path, app=filesystem_app),
@@ -78,7 +89,11 @@ def create_app(
             # Outermost first, as upstream: CORS, access token, Basic-auth user.
             Middleware(RequestStateMiddleware),
             Middleware(CORSMiddleware),
-            Middleware(AccessTokenMiddleware, token=control.access_token),
+            Middleware(
+                AccessTokenMiddleware,
+                token=control.access_token,
+                locked=lambda: control.handover.resumed and not control.initialized,
+            ),
             Middleware(BasicAuthMiddleware),
         ],
         exception_handlers={HTTPException: http_exception},
@@ -89,4 +104,6 @@ def create_app(
     app.state.process = process
     app.state.filesystem = filesystem
     app.state.control = control
+    app.state.freezer = freezer
+    app.state.upgrader = upgrader
     return app

@@ -41,10 +41,18 @@ FLAGS: tuple[Flag, ...] = (
     Flag("verbose", bool, False, "log to stdout as well"),
     Flag("no-cgroups", bool, False, "disable cgroups"),
     Flag("cgroup-root", str, "/sys/fs/cgroup", "cgroup root directory"),
+    Flag(
+        "resume-handover",
+        bool,
+        False,
+        "internal: re-adopt processes from the live-upgrade handover blob"
+        " (set by the outgoing envd)",
+    ),
     # Ours, for tests and local runs: upstream hard-codes these.
     Flag("mmds-address", str, "169.254.169.254:80", "metadata service host:port"),
     Flag("run-dir", str, "/run/e2b", "directory for the sandbox metadata files"),
     Flag("hosts-file", str, "/etc/hosts", "hosts file that /init hyperloopIP updates"),
+    Flag("upgrade-bin", str, "/usr/bin/envd.next", "where POST /upgrade writes a new binary"),
     Flag("ca-bundle", str, "/etc/ssl/certs/ca-certificates.crt", "system CA bundle"),
     Flag(
         "ca-extra",
@@ -152,6 +160,8 @@ def config_from_flags(
         ca_extra_path=str(values["ca-extra"]),
         default_user=user or "root",
         default_workdir=workdir,
+        upgrade_bin=str(values["upgrade-bin"]),
+        resume_handover=bool(values["resume-handover"]),
     )
 
 

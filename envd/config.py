@@ -26,3 +26,7 @@ class Config:
     # Initial defaults for requests without a user/workdir (beyond upstream: -default-user).
     default_user: str = "root"
     default_workdir: str | None = None
+    # Live upgrade: where a posted binary is written (upstream: fixed), and
+    # whether this start takes over from a handover blob.
+    upgrade_bin: str = "/usr/bin/envd.next"
+    resume_handover: bool = False

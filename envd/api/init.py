@@ -50,6 +50,13 @@ def _answer(status: int, body: str = "", **headers: str) -> Response:
 
 async def post_init(request: Request) -> Response:
     cp: ControlPlane = request.app.state.control
+    response = await _post_init(request, cp)
+    if cp.handover.result is not None:
+        response.headers["X-Envd-Handover"] = cp.handover.result.header()
+    return response
+
+
+async def _post_init(request: Request, cp: ControlPlane) -> Response:
     op = operation_id()
     try:
         body = await request.body()
@@ -71,20 +78,29 @@ async def post_init(request: Request) -> Response:
             if denied is not None:
                 log.error("init: %s", denied, extra={"operation_id": op})
                 return _answer(401, denied)
-            ts = data.timestamp_ns
-            if ts is None or cp.last_set_time is None or ts >= cp.last_set_time:
-                if ts is not None:
-                    cp.last_set_time = ts
-                try:
-                    await apply_settings(cp, data, gone, op)
-                except SettingsError as e:
-                    log.error("failed to set data: %s", e, extra={"operation_id": op})
-                    return _answer(e.status, str(e))
-            cp.initialized = True
+            try:
+                return await _configure(cp, data, gone, op)
+            finally:
+                # After a live upgrade the workload stays frozen until here.
+                await cp.handover.thaw_now()
         finally:
             cp.init_lock.release()
     finally:
         watcher.cancel()
+
+
+async def _configure(cp: ControlPlane, data: InitRequest, gone: asyncio.Event, op: str) -> Response:
+    """Steps 7-11 of http-api.md §5.2, with the /init lock held and the token accepted."""
+    ts = data.timestamp_ns
+    if ts is None or cp.last_set_time is None or ts >= cp.last_set_time:
+        if ts is not None:
+            cp.last_set_time = ts
+        try:
+            await apply_settings(cp, data, gone, op)
+        except SettingsError as e:
+            log.error("failed to set data: %s", e, extra={"operation_id": op})
+            return _answer(e.status, str(e))
+    cp.initialized = True
     cp.poller.start(REFRESH_BUDGET_S)
     return _answer(204, **{"Cache-Control": "no-store"})
 

@@ -17,6 +17,7 @@ from envd.host.metrics import CPUSampler
 from envd.host.mmds import MMDSClient, MMDSOpts, MMDSPoller, RoutePinner
 from envd.host.nfs import NFSMounter
 from envd.logs import HTTPExporter
+from envd.upgrade.status import HandoverStatus
 
 log = logging.getLogger("envd.api")
 
@@ -33,6 +34,8 @@ class ControlPlane:
     initialized: bool = False
     cpu: CPUSampler = field(default_factory=CPUSampler)
     nfs: NFSMounter = field(default_factory=NFSMounter)
+    # Set when this daemon resumed from a live upgrade (X-Envd-Handover, lockdown).
+    handover: HandoverStatus = field(default_factory=HandoverStatus)
     set_system_time: Callable[[int], None] = clock.set_system_time
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 

@@ -29,7 +29,8 @@ def stamp(state: HandoverState) -> int:
 
 def encode(state: HandoverState) -> bytes:
     state.schema = stamp(state)
-    return state.SerializeToString()
+    blob: bytes = state.SerializeToString()
+    return blob
 
 
 def decode(blob: bytes) -> HandoverState:
@@ -39,7 +40,5 @@ def decode(blob: bytes) -> HandoverState:
     except DecodeError as e:
         raise HandoverError(f"unmarshal handover: {e}") from None
     if state.schema > MAX_SCHEMA:
-        raise HandoverError(
-            f"handover schema {state.schema} exceeds max supported {MAX_SCHEMA}"
-        )
+        raise HandoverError(f"handover schema {state.schema} exceeds max supported {MAX_SCHEMA}")
     return state

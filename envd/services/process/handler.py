@@ -111,6 +111,28 @@ class ProcessHandle:
         if kill_at is not None:
             self._kill_timer = self.loop.call_at(kill_at, self._on_timeout)
 
+    @property
+    def kill_at(self) -> float | None:
+        """When the lifetime ends (loop time), None when unlimited."""
+        return None if self._kill_timer is None else self._kill_timer.when()
+
+    def arm_timeout(self, kill_at: float) -> None:
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+        self._kill_timer = self.loop.call_at(kill_at, self._on_timeout)
+
+    def output_fds(self) -> dict[str, int]:
+        """The output descriptors still open, by DataEvent member."""
+        return {member: fd for fd, member in self._reading.items()}
+
+    def hold_output(self) -> None:
+        """Stop reading output (a live upgrade leaves the rest in the pipes)."""
+        self._pause_reading()
+
+    def release_output(self) -> None:
+        if not self.fanout.paused and not self.finished:
+            self._resume_reading()
+
     def _on_timeout(self) -> None:
         self._kill_timer = None
         with contextlib.suppress(ConnectError):

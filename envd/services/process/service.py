@@ -90,6 +90,14 @@ class ProcessService(Process):
     def _user(self) -> User:
         return request_user(self.exec_ctx.default_user)
 
+    def register(self, handle: ProcessHandle, kill_at: float | None) -> None:
+        """A child becomes visible to List/Connect and is watched until it ends.
+
+        New children (Start) and children taken over in a live upgrade both come here.
+        """
+        self.table.add(handle)
+        handle.start(kill_at)
+
     # --- streams ---------------------------------------------------------
 
     async def start(
@@ -123,8 +131,7 @@ class ProcessService(Process):
         loop = asyncio.get_running_loop()
         handle = await launch_process(loop, request, user, self.exec_ctx)
         subscriber = handle.fanout.subscribe(keepalive)
-        self.table.add(handle)
-        handle.start(kill_at)
+        self.register(handle, kill_at)
         log.info(
             "process_start pid=%d cmd=%r timeout=%s",
             handle.pid,
