@@ -30,6 +30,7 @@ from envd.rpc.codec import codecs
 from envd.rpc.context import RequestStateMiddleware
 from envd.services.filesystem.legacy import LegacyInterceptor
 from envd.services.filesystem.service import FilesystemService
+from envd.services.process.backlog import Retention
 from envd.services.process.service import ProcessService
 from envd.upgrade.freezer import workload_freezer
 from envd.upgrade.incoming import resume
@@ -51,7 +52,9 @@ def create_app(
         default_user=config.default_user, default_workdir=config.default_workdir
     )
     exec_ctx.internal_envs["E2B_SANDBOX"] = "false" if config.is_not_fc else "true"
-    process = ProcessService(exec_ctx)
+    process = ProcessService(
+        exec_ctx, Retention(config.output_buffer_stream, config.output_buffer_total)
+    )
     filesystem = FilesystemService(exec_ctx)
     control = ControlPlane(config, exec_ctx, exporter)
     freezer = workload_freezer(config.cgroup_root, config.no_cgroups)

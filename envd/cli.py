@@ -63,6 +63,19 @@ FLAGS: tuple[Flag, ...] = (
     # Beyond upstream: the SDKs in debug mode never call /init, so a container
     # needs another way to say who runs commands by default, and where.
     Flag("default-user", str, "", f"initial default user (env {ENV_DEFAULT_USER}; default root)"),
+    # Beyond upstream, which discards output written while nobody is connected.
+    Flag(
+        "output-buffer-stream",
+        int,
+        1 << 20,
+        "bytes of unread output kept per process and stream for the next Connect (0: none)",
+    ),
+    Flag(
+        "output-buffer-total",
+        int,
+        64 << 20,
+        "bytes of unread output kept for all processes together (0: none)",
+    ),
     Flag(
         "default-workdir",
         str,
@@ -162,6 +175,8 @@ def config_from_flags(
         default_workdir=workdir,
         upgrade_bin=str(values["upgrade-bin"]),
         resume_handover=bool(values["resume-handover"]),
+        output_buffer_stream=int(values["output-buffer-stream"]),
+        output_buffer_total=int(values["output-buffer-total"]),
     )
 
 

@@ -30,3 +30,6 @@ class Config:
     # whether this start takes over from a handover blob.
     upgrade_bin: str = "/usr/bin/envd.next"
     resume_handover: bool = False
+    # Unread output kept for the next Connect (services/process/backlog.py).
+    output_buffer_stream: int = 1 << 20
+    output_buffer_total: int = 64 << 20

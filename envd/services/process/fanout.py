@@ -6,6 +6,10 @@ from the process (back-pressure, as upstream) — but only for `STALL_LIMIT`
 seconds if other subscribers are kept waiting by it: then that subscriber is
 cut off with an error, never silently skipped, and the others continue. A
 subscriber that stays connected therefore never misses a byte.
+
+Output published while nobody is subscribed goes to the process's backlog
+(see `backlog.py`), and so does what the last subscriber had queued but not
+yet sent when it left; the next subscriber receives that first.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Final
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
+from envd.services.process.backlog import Backlog
 from envd.services.process.status import ExitStatus
 
 # Queued bytes per subscriber before reading from the process pauses.
@@ -112,6 +117,13 @@ class Subscriber:
     def leave(self) -> None:
         self._fanout.unsubscribe(self)
 
+    def take_unsent(self) -> list[tuple[str, bytes]]:
+        """The data still queued (never handed to the stream); the queue is empty after."""
+        unsent = [(i.member, i.take()) for i in self._items if type(i) is _Chunk]
+        self._items.clear()
+        self.queued = 0
+        return unsent
+
     async def next(self) -> Item:
         """The next item; KEEPALIVE when the keepalive interval passes idle."""
         while True:
@@ -153,22 +165,46 @@ class Fanout:
         self._pause_reading = pause_reading
         self._resume_reading = resume_reading
         self._stall_timer: asyncio.TimerHandle | None = None
+        # Output kept while nobody listens; None keeps upstream's discarding.
+        self.backlog: Backlog | None = None
+        # The only subscriber when the process ended: what it leaves unsent
+        # goes back to the backlog that the retained exit keeps.
+        self._sole: Subscriber | None = None
 
     def subscribe(self, keepalive_s: float) -> Subscriber:
         subscriber = Subscriber(self, keepalive_s)
+        if self.backlog and not self.subscribers:
+            for member, data in self.backlog.take():
+                subscriber.push_data(member, data)
         self.subscribers.append(subscriber)
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
+        if subscriber is self._sole:
+            self._sole = None
+            self._keep_unsent(subscriber)
+            return
         try:
             self.subscribers.remove(subscriber)
         except ValueError:
             return
+        if not self.subscribers:
+            self._keep_unsent(subscriber)
         if self.paused:
             self.maybe_resume()
 
+    def _keep_unsent(self, subscriber: Subscriber) -> None:
+        # Nobody else received these bytes, so keeping them cannot duplicate any.
+        if self.backlog is not None:
+            for member, data in subscriber.take_unsent():
+                self.backlog.add(member, data)
+
     def publish(self, member: str, data: bytes) -> None:
-        """Queue a chunk for every subscriber; with none, the chunk is discarded."""
+        """Queue a chunk for every subscriber; with none, keep it in the backlog."""
+        if not self.subscribers:
+            if self.backlog is not None:
+                self.backlog.add(member, data)
+            return
         full = False
         for subscriber in self.subscribers:
             subscriber.push_data(member, data)
@@ -218,6 +254,8 @@ class Fanout:
         self.paused = False
         for subscriber in self.subscribers:
             subscriber.push_end(status)
+        if len(self.subscribers) == 1:
+            self._sole = self.subscribers[0]
         self.subscribers.clear()
 
     def close(self, error: ConnectError) -> None:

@@ -159,9 +159,9 @@ class ProcessHandle:
             return
         if not data:
             self._output_ended(fd)
-        elif self.fanout.subscribers:
+        else:
+            # With nobody listening this goes to the backlog (upstream discards it).
             self.fanout.publish(member, data)
-        # else: nobody is listening; upstream discards such output too.
 
     def _output_ended(self, fd: int) -> None:
         self.loop.remove_reader(fd)
@@ -209,8 +209,7 @@ class ProcessHandle:
             if not data:
                 return
             left -= len(data)
-            if self.fanout.subscribers:
-                self.fanout.publish(member, data)
+            self.fanout.publish(member, data)
 
     def _close_fds(self) -> None:
         if self._kill_timer is not None:

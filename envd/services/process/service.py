@@ -24,6 +24,7 @@ from envd.permissions.basic_auth import request_user
 from envd.permissions.users import User
 from envd.rpc.context import request_state
 from envd.rpc.headers import keepalive_interval
+from envd.services.process.backlog import Retention
 from envd.services.process.fanout import KEEPALIVE, Subscriber
 from envd.services.process.handler import ProcessHandle, launch_process
 from envd.services.process.status import ExitStatus
@@ -71,8 +72,9 @@ def end_event(status: ExitStatus) -> pb.ProcessEvent:
 
 
 class ProcessService(Process):
-    def __init__(self, exec_ctx: ExecContext) -> None:
+    def __init__(self, exec_ctx: ExecContext, retention: Retention | None = None) -> None:
         self.exec_ctx = exec_ctx
+        self.retention = Retention() if retention is None else retention
         self._table: ProcessTable | None = None
 
     @property
@@ -130,6 +132,8 @@ class ProcessService(Process):
     ) -> tuple[ProcessHandle, Subscriber]:
         loop = asyncio.get_running_loop()
         handle = await launch_process(loop, request, user, self.exec_ctx)
+        if self.retention.enabled:
+            handle.fanout.backlog = self.retention.backlog()
         subscriber = handle.fanout.subscribe(keepalive)
         self.register(handle, kill_at)
         log.info(
@@ -156,6 +160,9 @@ class ProcessService(Process):
             retained = self.table.get_retained(selector)
             start = pb.ProcessEvent.StartEvent(pid=retained.pid)
             yield pb.ConnectResponse(event=pb.ProcessEvent(start=start))
+            if retained.backlog:
+                for member, data in retained.backlog.take():
+                    yield DataChunk(member, data)  # type: ignore[misc]  # see wire.py
             yield pb.ConnectResponse(event=end_event(retained.status))
             return
         subscriber = handle.fanout.subscribe(keepalive_interval(ctx.request_headers))

@@ -9,6 +9,7 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
 from envd.gen.process import process_pb2
+from envd.services.process.backlog import Backlog
 from envd.services.process.handler import ProcessHandle
 from envd.services.process.status import ExitStatus
 
@@ -21,6 +22,8 @@ class RetainedExit:
     tag: str | None
     status: ExitStatus
     timer: asyncio.TimerHandle
+    # Output nobody received before the end: the next Connect gets it, once.
+    backlog: Backlog | None = None
 
 
 def _selector_error(selector: process_pb2.ProcessSelector) -> ConnectError:
@@ -55,7 +58,7 @@ class ProcessTable:
         pid = handle.pid
         self._forget(self.retained.pop(pid, None))
         timer = self.loop.call_later(RETAIN_EXIT_S, self._expire, pid)
-        self.retained[pid] = RetainedExit(pid, handle.tag, status, timer)
+        self.retained[pid] = RetainedExit(pid, handle.tag, status, timer, handle.fanout.backlog)
         if self.live.get(pid) is handle:
             del self.live[pid]
 
@@ -67,12 +70,14 @@ class ProcessTable:
 
     def _expire(self, pid: int) -> None:
         # Each entry has its own timer, cancelled when replaced: never evicts a newer one.
-        self.retained.pop(pid, None)
+        self._forget(self.retained.pop(pid, None))
 
     @staticmethod
     def _forget(entry: RetainedExit | None) -> None:
         if entry is not None:
             entry.timer.cancel()
+            if entry.backlog is not None:
+                entry.backlog.clear()
 
     def get(self, request: object) -> ProcessHandle:
         selector = check_selector(request)
@@ -99,5 +104,5 @@ class ProcessTable:
             handle.close()
         self.live.clear()
         for entry in self.retained.values():
-            entry.timer.cancel()
+            self._forget(entry)
         self.retained.clear()
