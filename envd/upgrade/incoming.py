@@ -25,7 +25,7 @@ from envd.services.filesystem.service import FilesystemService
 from envd.services.process.handler import ProcessHandle
 from envd.services.process.service import ProcessService
 from envd.services.process.status import ExitStatus
-from envd.upgrade import fds, schema
+from envd.upgrade import backlogs, fds, schema
 from envd.upgrade.freezer import Freezer
 from envd.upgrade.outgoing import blob_path
 from envd.upgrade.status import HandoverResult, HandoverStatus
@@ -138,6 +138,8 @@ async def resume(  # noqa: PLR0917  # the daemon's parts, each used once
         file=sys.stderr,
     )
     loop = asyncio.get_running_loop()
+    carried = await asyncio.to_thread(backlogs.Carried.read, config.run_dir)
+    retention = process.retention if process.retention.enabled else None
     timeouts: list[tuple[ProcessHandle, float]] = []
     for proc in state.processes:
         result.procs += 1
@@ -146,6 +148,10 @@ async def resume(  # noqa: PLR0917  # the daemon's parts, each used once
             result.procs_failed += 1
             log.warning("handover: process %d not taken over: %s", proc.pid, why)
             continue
+        if retention is not None:
+            # First what the previous daemon had kept, then what is still in the pipes.
+            handle.fanout.backlog = retention.backlog()
+            backlogs.fill(handle.fanout.backlog, carried.live.get(proc.pid, []))
         process.register(handle, None)
         if proc.timeout_ms > 0:
             timeouts.append((handle, proc.timeout_ms / 1000))
@@ -155,11 +161,16 @@ async def resume(  # noqa: PLR0917  # the daemon's parts, each used once
         if exit_.pid in table.live:
             continue  # a pid cannot be both running and ended
         end = exit_.end
+        backlog = None
+        if retention is not None and exit_.pid in carried.retained:
+            backlog = retention.backlog()
+            backlogs.fill(backlog, carried.retained[exit_.pid])
         table.retain(
             exit_.pid,
             exit_.tag if exit_.has_tag else None,
             ExitStatus(end.exit_code, end.exited, end.status),
             max(0.0, exit_.remaining_ms / 1000),
+            backlog,
         )
     with contextlib.suppress(OSError):
         os.unlink(path)

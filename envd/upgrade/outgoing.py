@@ -27,7 +27,7 @@ from envd.services.filesystem.service import FilesystemService
 from envd.services.process.handler import ProcessHandle
 from envd.services.process.launch import go_errno_text
 from envd.services.process.service import ProcessService
-from envd.upgrade import fds, schema
+from envd.upgrade import backlogs, fds, schema
 from envd.upgrade.freezer import HANDOVER_MAX_WAIT_S, FreezeError, Freezer
 
 log = logging.getLogger("envd.upgrade")
@@ -112,6 +112,7 @@ class Upgrader:
                 relocation.undo()
                 with contextlib.suppress(OSError):
                     os.unlink(blob_path(self.config))
+                backlogs.remove(self.config.run_dir)
                 for handle in handles:
                     handle.release_output()
                 for watcher in watchers:
@@ -138,6 +139,7 @@ class Upgrader:
         state = self.snapshot(relocation)
         path = blob_path(self.config)
         try:
+            backlogs.write(self.config.run_dir, backlogs.export(self.process.table))
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -147,7 +149,7 @@ class Upgrader:
                 os.close(fd)
         except OSError as e:
             text = go_errno_text(e.errno or 0)
-            raise UpgradeError(f"write handover: open {path}: {text}") from None
+            raise UpgradeError(f"write handover: {e.filename or path}: {text}") from None
         program, argv = exec_argv(new_bin)
         for handler in logging.getLogger().handlers:
             with contextlib.suppress(Exception):

@@ -97,6 +97,8 @@ class ProcessService(Process):
 
         New children (Start) and children taken over in a live upgrade both come here.
         """
+        if self.retention.enabled and handle.fanout.backlog is None:
+            handle.fanout.backlog = self.retention.backlog()
         self.table.add(handle)
         handle.start(kill_at)
 
@@ -132,8 +134,6 @@ class ProcessService(Process):
     ) -> tuple[ProcessHandle, Subscriber]:
         loop = asyncio.get_running_loop()
         handle = await launch_process(loop, request, user, self.exec_ctx)
-        if self.retention.enabled:
-            handle.fanout.backlog = self.retention.backlog()
         subscriber = handle.fanout.subscribe(keepalive)
         self.register(handle, kill_at)
         log.info(
