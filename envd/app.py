@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -16,6 +17,7 @@ from envd.api.auth import AccessTokenMiddleware
 from envd.api.cors import CORSMiddleware
 from envd.api.envs import get_envs, get_metrics
 from envd.api.files.routes import file_routes
+from envd.api.freeze import post_collapse, post_freeze, post_fsfreeze, post_fsthaw, post_unfreeze
 from envd.api.health import health
 from envd.api.init import post_init
 from envd.api.router import http_exception
@@ -24,6 +26,8 @@ from envd.config import Config
 from envd.execcontext import ExecContext
 from envd.gen.filesystem.filesystem_connect import FilesystemASGIApplication
 from envd.gen.process.process_connect import ProcessASGIApplication
+from envd.host.cgroups import Manager, create_manager
+from envd.host.freezer import WorkloadFreezer
 from envd.logs import HTTPExporter
 from envd.permissions.basic_auth import BasicAuthMiddleware
 from envd.rpc.codec import codecs
@@ -40,14 +44,25 @@ def _get(path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> Route
     return route
 
 
+def _post(path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> Route:
+    return Route(path, endpoint, methods=["POST"], include_in_schema=False)
+
+
 def create_app(
-    config: Config, exec_ctx: ExecContext | None = None, exporter: HTTPExporter | None = None
+    config: Config,
+    exec_ctx: ExecContext | None = None,
+    exporter: HTTPExporter | None = None,
+    cgroups: Manager | None = None,
 ) -> Starlette:
     exec_ctx = exec_ctx or ExecContext(
         default_user=config.default_user, default_workdir=config.default_workdir
     )
     exec_ctx.internal_envs["E2B_SANDBOX"] = "false" if config.is_not_fc else "true"
-    process = ProcessService(exec_ctx)
+    # Any failure gives the no-op manager (stderr says why), as upstream.
+    cgroups = cgroups or create_manager(config.no_cgroups, config.cgroup_root)
+    # One freezer, one lock: /freeze, /unfreeze, /init's thaw and the live upgrade.
+    freezer = WorkloadFreezer(cgroups, watchdog_s=config.thaw_watchdog_s)
+    process = ProcessService(exec_ctx, cgroups)
     filesystem = FilesystemService(exec_ctx)
     control = ControlPlane(config, exec_ctx, exporter)
 
@@ -58,6 +73,7 @@ def create_app(
         await process.close()
         await filesystem.close()
         await control.close()
+        await freezer.close()
 
     process_app = ProcessASGIApplication(process, codecs=codecs())
     # Only the filesystem service speaks the old SDK's shapes, as upstream.
@@ -69,7 +85,12 @@ def create_app(
             _get("/health", health),
             _get("/envs", get_envs),
             _get("/metrics", get_metrics),
-            Route("/init", post_init, methods=["POST"], include_in_schema=False),
+            _post("/init", post_init),
+            _post("/freeze", post_freeze),
+            _post("/unfreeze", post_unfreeze),
+            _post("/fsfreeze", post_fsfreeze),
+            _post("/fsthaw", post_fsthaw),
+            _post("/collapse", post_collapse),
             *file_routes(),
             Mount(process_app.path, app=process_app),
             Mount(filesystem_app.path, app=filesystem_app),
@@ -89,4 +110,8 @@ def create_app(
     app.state.process = process
     app.state.filesystem = filesystem
     app.state.control = control
+    app.state.cgroups = cgroups
+    app.state.freezer = freezer
+    # /fsfreeze and /fsthaw: their own lock, apart from the freezer's.
+    app.state.fs_lock = asyncio.Lock()
     return app

@@ -23,6 +23,7 @@ from connectrpc.errors import ConnectError
 
 from envd.execcontext import ExecContext
 from envd.gen.process import process_pb2
+from envd.host.cgroups import CommandCgroup, Manager, NoopManager, cgroup_kind
 from envd.permissions.users import User
 from envd.services.process import launch
 from envd.services.process.fanout import Fanout
@@ -76,6 +77,8 @@ class ProcessHandle:
         outputs: dict[int, str],
         master: int | None = None,
         stdin: int | None = None,
+        cgroup: CommandCgroup | None = None,
+        cgroups: Manager | None = None,
     ) -> None:
         self.loop = loop
         self.pid = pid
@@ -84,6 +87,9 @@ class ProcessHandle:
         self.master = master
         self.stdin = stdin
         self.on_end: OnEnd | None = None
+        # The command's own cgroup: SIGKILL reaches all it started, also outside its group.
+        self.cgroup = cgroup
+        self._cgroups = cgroups or NoopManager()
         self._pidfd = pidfd
         self._reading = dict(outputs)  # fd → DataEvent member, until EOF
         self._exited = False
@@ -172,6 +178,7 @@ class ProcessHandle:
         except ChildProcessError:
             exit_status = ExitStatus(-1, False, "wait: no child processes")
         self._close_fds()
+        self._release_cgroup()
         self.fanout.finish(exit_status)
         if self.on_end is not None:
             self.on_end(self, exit_status)
@@ -210,6 +217,11 @@ class ProcessHandle:
             os.close(self._pidfd)
             self._pidfd = -1
 
+    def _release_cgroup(self) -> None:
+        if self.cgroup is not None:
+            self._cgroups.release(self.cgroup)
+            self.cgroup = None
+
     def close(self) -> None:
         """Daemon shutdown: let go of the child (it keeps running, as upstream)."""
         if self.finished:
@@ -239,6 +251,9 @@ class ProcessHandle:
             raise ConnectError(
                 Code.INTERNAL, f"error sending signal: {launch.go_errno_text(e.errno or 0)}"
             ) from None
+        if signum == signal.SIGKILL and self.cgroup is not None:
+            # Beyond upstream: also what left the process group (setsid, daemons).
+            self.cgroup.kill()
         self._maybe_finish()
 
     def resize(self, rows: int, cols: int) -> None:
@@ -339,6 +354,36 @@ class ProcessHandle:
 
 
 async def launch_process(
+    loop: asyncio.AbstractEventLoop,
+    request: process_pb2.StartRequest,
+    user: User,
+    exec_ctx: ExecContext,
+    cgroups: Manager | None = None,
+) -> ProcessHandle:
+    """Spawn the command in a cgroup of its own (below `user`, or `ptys`; `_system`: none)."""
+    cgroups = cgroups or NoopManager()
+    tag = request.tag if request.HasField("tag") else None
+    cgroup = cgroups.command_cgroup(cgroup_kind(request.HasField("pty"), tag))
+    try:
+        handle = await _launch_process(loop, request, user, exec_ctx)
+    except BaseException:
+        if cgroup is not None:
+            cgroups.release(cgroup)
+        raise
+    if cgroup is not None:
+        _join_from_parent(cgroup, handle.pid)
+        handle.cgroup = cgroup
+        handle._cgroups = cgroups
+    return handle
+
+
+def _join_from_parent(cgroup: CommandCgroup, pid: int) -> None:
+    # Interim until the spawn paths take the cgroup: the child moved after its spawn.
+    with contextlib.suppress(OSError), open(os.path.join(cgroup.path, "cgroup.procs"), "w") as f:
+        f.write(str(pid))
+
+
+async def _launch_process(
     loop: asyncio.AbstractEventLoop,
     request: process_pb2.StartRequest,
     user: User,

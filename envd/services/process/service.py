@@ -20,6 +20,7 @@ from connectrpc.request import RequestContext
 from envd.execcontext import ExecContext
 from envd.gen.process import process_pb2 as pb
 from envd.gen.process.process_connect import Process
+from envd.host.cgroups import Manager, NoopManager
 from envd.permissions.basic_auth import request_user
 from envd.permissions.users import User
 from envd.rpc.context import request_state
@@ -71,8 +72,9 @@ def end_event(status: ExitStatus) -> pb.ProcessEvent:
 
 
 class ProcessService(Process):
-    def __init__(self, exec_ctx: ExecContext) -> None:
+    def __init__(self, exec_ctx: ExecContext, cgroups: Manager | None = None) -> None:
         self.exec_ctx = exec_ctx
+        self.cgroups = cgroups or NoopManager()
         self._table: ProcessTable | None = None
 
     @property
@@ -121,7 +123,7 @@ class ProcessService(Process):
         self, request: pb.StartRequest, user: User, *, keepalive: float, kill_at: float | None
     ) -> tuple[ProcessHandle, Subscriber]:
         loop = asyncio.get_running_loop()
-        handle = await launch_process(loop, request, user, self.exec_ctx)
+        handle = await launch_process(loop, request, user, self.exec_ctx, self.cgroups)
         subscriber = handle.fanout.subscribe(keepalive)
         self.table.add(handle)
         handle.start(kill_at)
