@@ -24,8 +24,9 @@ from envd.permissions.basic_auth import request_user
 from envd.permissions.users import User
 from envd.rpc.context import request_state
 from envd.rpc.headers import keepalive_interval
+from envd.services.process import launch
 from envd.services.process.fanout import KEEPALIVE, Subscriber
-from envd.services.process.handler import ProcessHandle, launch_process
+from envd.services.process.handler import ProcessHandle
 from envd.services.process.status import ExitStatus
 from envd.services.process.table import ProcessTable, check_selector
 from envd.services.process.wire import DataChunk
@@ -121,7 +122,9 @@ class ProcessService(Process):
         self, request: pb.StartRequest, user: User, *, keepalive: float, kill_at: float | None
     ) -> tuple[ProcessHandle, Subscriber]:
         loop = asyncio.get_running_loop()
-        handle = await launch_process(loop, request, user, self.exec_ctx)
+        child = await launch.start(loop, request, user, self.exec_ctx)
+        tag = request.tag if request.HasField("tag") else None
+        handle = ProcessHandle(loop, child, config=request.process, tag=tag)
         subscriber = handle.fanout.subscribe(keepalive)
         self.table.add(handle)
         handle.start(kill_at)
