@@ -49,6 +49,13 @@ FLAGS: tuple[Flag, ...] = (
         " (set by the outgoing envd)",
     ),
     # Ours, for tests and local runs: upstream hard-codes these.
+    Flag(
+        "thaw-watchdog-ms",
+        int,
+        600_000,
+        "thaw the workload by itself when no thaw follows a /freeze within this time",
+    ),
+    Flag("fsfreeze-mount", str, "/", "mount point that /fsfreeze and /fsthaw act on"),
     Flag("mmds-address", str, "169.254.169.254:80", "metadata service host:port"),
     Flag("run-dir", str, "/run/e2b", "directory for the sandbox metadata files"),
     Flag("hosts-file", str, "/etc/hosts", "hosts file that /init hyperloopIP updates"),
@@ -166,6 +173,8 @@ def config_from_flags(
         verbose=bool(values["verbose"]),
         no_cgroups=bool(values["no-cgroups"]),
         cgroup_root=str(values["cgroup-root"]),
+        thaw_watchdog_s=int(values["thaw-watchdog-ms"]) / 1000,
+        fsfreeze_mount=str(values["fsfreeze-mount"]),
         mmds_address=str(values["mmds-address"]),
         run_dir=str(values["run-dir"]),
         hosts_path=str(values["hosts-file"]),

@@ -16,6 +16,9 @@ class Config:
     verbose: bool = False
     no_cgroups: bool = False
     cgroup_root: str = "/sys/fs/cgroup"
+    # Ours, for tests: upstream hard-codes both (10 minutes; the rootfs at `/`).
+    thaw_watchdog_s: float = 600.0
+    fsfreeze_mount: str = "/"
     run_dir: str = "/run/e2b"
     # host:port of Firecracker's metadata service; tests point it at a fake.
     mmds_address: str = "169.254.169.254:80"

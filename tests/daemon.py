@@ -56,6 +56,12 @@ class Daemon:
         # A dead loopback MMDS address: envd re-reads MMDS after every /init,
         # and test traffic must never go to the real 169.254.169.254.
         self.args = ["-port", str(self.port), "-isnotfc", "-mmds-address", "127.0.0.1:9", *args]
+        # Never the machine's own cgroups or root file system: a test that wants
+        # them gives a private tree (tests/cgroupfs.py) or a loop mount explicitly.
+        if "-cgroup-root" not in args and "-no-cgroups" not in args:
+            self.args.append("-no-cgroups")
+        if "-fsfreeze-mount" not in args:
+            self.args += ["-fsfreeze-mount", "/nonexistent/envd-test-fsfreeze"]
         self.env = {**os.environ, **(env or {})}
         fd, self.log_path = tempfile.mkstemp(prefix="envd-", suffix=".log")
         self.log = os.fdopen(fd, "wb")

@@ -7,6 +7,7 @@ elsewhere the freeze has nothing to act on and the rest still runs).
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -16,10 +17,10 @@ import httpx
 import pytest
 
 from envd.gen.process import process_pb2 as pb
+from tests.cgroupfs import CgroupFs
 from tests.control import ControlDaemon, rfc3339
 from tests.procfs import children, fd_count
 from tests.upgrade_helpers import (
-    CgroupTree,
     Stream,
     cgroup_tree,
     cmdline,
@@ -37,13 +38,13 @@ WRITER = 'i=0; while :; do i=$((i+1)); echo "line $i"; sleep 0.01; done'
 
 
 @pytest.fixture
-def cgroups() -> Iterator[CgroupTree | None]:
+def cgroups() -> Iterator[CgroupFs | None]:
     with cgroup_tree() as tree:
         yield tree
 
 
-def _daemon(root: Path, cgroups: CgroupTree | None, *args: str) -> ControlDaemon:
-    cg = ["-cgroup-root", str(cgroups.root)] if cgroups is not None else ["-no-cgroups"]
+def _daemon(root: Path, cgroups: CgroupFs | None, *args: str) -> ControlDaemon:
+    cg = cgroups.args if cgroups is not None else ["-no-cgroups"]
     return ControlDaemon(root, "-upgrade-bin", str(root / "envd.next"), *cg, *args)
 
 
@@ -67,7 +68,7 @@ def _launcher(root: Path) -> bytes:
 
 @pytest.mark.parametrize("with_body", [False, True], ids=["re-exec-self", "posted-binary"])
 def test_upgrade_keeps_the_workload(
-    tmp_path: Path, cgroups: CgroupTree | None, with_body: bool
+    tmp_path: Path, cgroups: CgroupFs | None, with_body: bool
 ) -> None:
     watched = tmp_path / "watched"
     watched.mkdir()
@@ -87,10 +88,6 @@ def test_upgrade_keeps_the_workload(
         streams += [long, shell, writer, late, quick]
         assert quick.wait_for(lambda s: s.end() is not None)
         assert quick.end().exit_code == 7  # type: ignore[union-attr]
-        if cgroups is not None:
-            for s in (long, writer, late):
-                cgroups.move("user", s.pid)
-            cgroups.move("ptys", shell.pid)
         watcher_id = fs_call(url, "CreateWatcher", {"path": str(watched)}).json()["watcherId"]
         (watched / "pending.txt").write_text("x")
         assert writer.wait_for(lambda s: len(_lines(s.output())) >= 20)
@@ -104,14 +101,16 @@ def test_upgrade_keeps_the_workload(
         wait_health(url)
 
         # Same process, new image, handed over.
-        assert daemon.proc is not None and daemon.proc.poll() is None
+        assert daemon.proc is not None
+        assert daemon.proc.poll() is None
         argv = cmdline(pid0)
         assert argv[-1] == "--resume-handover"
         if with_body:
             assert (tmp_path / "envd.next").read_bytes() == body
         # Until /init: frozen, and locked down (no token crossed the swap).
         if cgroups is not None:
-            assert cgroups.frozen("user") and cgroups.frozen("ptys")
+            assert cgroups.frozen("user")
+            assert cgroups.frozen("ptys")
         locked = httpx.get(url + "/envs", timeout=10)
         assert (locked.status_code, locked.content) == (401, LOCKDOWN)
         assert upgrade(url).status_code == 401  # type: ignore[union-attr]
@@ -129,7 +128,8 @@ def test_upgrade_keeps_the_workload(
         }
         assert handover_header(_init(daemon)) is not None  # on every /init
         if cgroups is not None:
-            assert not cgroups.frozen("user") and not cgroups.frozen("ptys")
+            assert not cgroups.frozen("user")
+            assert not cgroups.frozen("ptys")
 
         listed = {p["pid"]: p.get("tag") for p in unary(url, "List", {}).json()["processes"]}
         if late.pid in listed:  # it may have ended already on a slow machine
@@ -218,7 +218,8 @@ def test_chained_upgrade_keeps_processes(tmp_path: Path) -> None:
 
 
 def _still_serving(daemon: ControlDaemon, s: Stream, pid0: int) -> None:
-    assert daemon.pid == pid0 and "--resume-handover" not in cmdline(pid0)
+    assert daemon.pid == pid0
+    assert "--resume-handover" not in cmdline(pid0)
     listed = unary(daemon.url, "List", {}).json()["processes"]
     assert s.pid in [p["pid"] for p in listed]
     assert not (daemon.run_dir / "envd-handover.pb").exists()
@@ -247,7 +248,8 @@ def test_wrong_target(tmp_path: Path) -> None:
         assert (r.status_code, r.text) == (400, "unsupported upgrade target\n")
         # The configured target itself is accepted (then fails: not executable).
         r = upgrade(daemon.url, b"x", **{"X-Envd-Upgrade-Bin": str(tmp_path / "envd.next")})
-        assert r is not None and r.status_code == 500
+        assert r is not None
+        assert r.status_code == 500
         _still_serving(daemon, s, daemon.pid)
         s.close()
 
@@ -268,41 +270,45 @@ def test_unwritable_target(tmp_path: Path) -> None:
         s.close()
 
 
-def test_freeze_failure(tmp_path: Path) -> None:
-    """A workload that does not reach `frozen 1` within 2 s: refused, and thawed again."""
-    fake = tmp_path / "cgroup"
-    for name in ("user", "ptys"):
-        (fake / name).mkdir(parents=True)
-        (fake / name / "cgroup.freeze").write_text("0")
-        (fake / name / "cgroup.events").write_text("populated 1\nfrozen 0\n")
-    daemon = ControlDaemon(
-        tmp_path, "-upgrade-bin", str(tmp_path / "envd.next"), "-cgroup-root", str(fake)
-    )
+def test_freeze_failure(tmp_path: Path, cgroups: CgroupFs | None) -> None:
+    """`user` never reaches `frozen 1` within 2 s: refused, and everything thawed again."""
+    if cgroups is None:
+        pytest.skip("needs a cgroup v2 tree (root)")
+    daemon = _daemon(tmp_path, cgroups)
     with daemon:
         _init(daemon)
         s = start(daemon.url, "sleep", "600")
-        began = time.monotonic()
-        r = upgrade(daemon.url)
+        shell = start(daemon.url, "/bin/sh", pty=True)
+        # The daemon's writes to user/cgroup.freeze now land in a plain file.
+        decoy = tmp_path / "decoy-freeze"
+        decoy.write_text("0")
+        knob = cgroups.path("user", "cgroup.freeze")
+        subprocess.run(["mount", "--bind", str(decoy), str(knob)], check=True)
+        try:
+            began = time.monotonic()
+            r = upgrade(daemon.url)
+            took = time.monotonic() - began
+        finally:
+            subprocess.run(["umount", str(knob)], check=False)
         assert r is not None
         assert (r.status_code, r.text) == (
             500,
             "handover aborted: freeze workload: workload was not frozen before the handover\n",
         )
-        assert time.monotonic() - began >= 1.9
-        assert (fake / "user" / "cgroup.freeze").read_text() == "0"
-        assert (fake / "ptys" / "cgroup.freeze").read_text() == "0"
+        assert took >= 1.9
+        assert decoy.read_text() == "0"  # the thaw ran
+        assert not cgroups.frozen("ptys")
         _still_serving(daemon, s, daemon.pid)
         s.close()
+        shell.close()
 
 
-def test_exec_failure_restores_everything(tmp_path: Path, cgroups: CgroupTree | None) -> None:
+def test_exec_failure_restores_everything(tmp_path: Path, cgroups: CgroupFs | None) -> None:
     daemon = _daemon(tmp_path, cgroups)
     with daemon:
         pid0 = daemon.pid
         _init(daemon)
         writer = start(daemon.url, "/bin/sh", "-c", WRITER, tag="writer")
-        if cgroups is not None:
-            cgroups.move("user", writer.pid)
         assert writer.wait_for(lambda s: len(_lines(s.output())) >= 5)
         time.sleep(0.2)
         fds_before = fd_count(pid0)
@@ -348,7 +354,8 @@ def test_access_token_guards_upgrade(tmp_path: Path) -> None:
         r = daemon.init({"timestamp": rfc3339(), "accessToken": "secret"})
         assert r.status_code == 204
         r = upgrade(daemon.url)
-        assert r is not None and r.status_code == 401
+        assert r is not None
+        assert r.status_code == 401
         assert upgrade(daemon.url, **{"X-Access-Token": "secret"}) is None
         wait_health(daemon.url)
         # The token did not cross: locked down until /init sets it again.
@@ -392,7 +399,8 @@ def test_upgrade_event_order_for_start_stream(tmp_path: Path) -> None:
         kinds = [
             e.WhichOneof("event") for e in again.events if e.WhichOneof("event") != "keepalive"
         ]
-        assert kinds[0] == "start" and kinds[-1] == "end"
+        assert kinds[0] == "start"
+        assert kinds[-1] == "end"
         assert again.output() == b"after\n"
         assert isinstance(again.end(), pb.ProcessEvent.EndEvent)
         s.close()

@@ -6,9 +6,6 @@ import base64
 import contextlib
 import json
 import os
-import secrets
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +15,7 @@ from typing import Any
 import httpx
 
 from envd.gen.process import process_pb2 as pb
+from tests.cgroupfs import CgroupFs
 from tests.connect_raw import PROCESS, envelope, raw_frames
 
 AS_USER = {"Authorization": "Basic " + base64.b64encode(b"user:").decode()}
@@ -164,57 +162,18 @@ def handover_header(response: httpx.Response) -> dict[str, Any] | None:
     return None if raw is None else json.loads(raw)
 
 
-class CgroupTree:
-    """`<mount>/envd-upgrade-<random>/{user,ptys}`: a real cgroup v2 tree for one test."""
-
-    def __init__(self) -> None:
-        self.mount = Path(tempfile.mkdtemp(prefix="envd-cg-"))
-        subprocess.run(["mount", "-t", "cgroup2", "none", str(self.mount)], check=True)
-        self.root = self.mount / f"envd-upgrade-{secrets.token_hex(4)}"
-        self.root.mkdir()
-        for name in ("user", "ptys"):
-            (self.root / name).mkdir()
-
-    def move(self, group: str, pid: int) -> None:
-        (self.root / group / "cgroup.procs").write_text(f"{pid}\n")
-
-    def frozen(self, group: str) -> bool:
-        return "frozen 1" in (self.root / group / "cgroup.events").read_text()
-
-    def close(self) -> None:
-        for name in ("user", "ptys"):
-            group = self.root / name
-            with contextlib.suppress(OSError):
-                (group / "cgroup.freeze").write_text("0")
-            with contextlib.suppress(OSError):
-                (group / "cgroup.kill").write_text("1")
-        for name in ("user", "ptys"):
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    (self.root / name).rmdir()
-                    break
-                except OSError:
-                    time.sleep(0.05)
-        with contextlib.suppress(OSError):
-            self.root.rmdir()
-        subprocess.run(["umount", str(self.mount)], check=False)
-        with contextlib.suppress(OSError):
-            self.mount.rmdir()
-
-
 @contextlib.contextmanager
-def cgroup_tree() -> Iterator[CgroupTree | None]:
-    """A private cgroup tree, or None where cgroup v2 cannot be mounted (not root)."""
+def cgroup_tree() -> Iterator[CgroupFs | None]:
+    """A private cgroup tree the daemon manages, or None where cgroup v2 cannot be mounted."""
     if os.geteuid() != 0:
         yield None
         return
     try:
-        tree = CgroupTree()
-    except (OSError, subprocess.CalledProcessError):
+        fs = CgroupFs()
+    except OSError:
         yield None
         return
     try:
-        yield tree
+        yield fs
     finally:
-        tree.close()
+        fs.close()

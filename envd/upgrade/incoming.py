@@ -21,12 +21,14 @@ from envd import ENVD_VERSION
 from envd.api.store import ControlPlane
 from envd.config import Config
 from envd.gen.upgrade import handover_pb2 as hpb
+from envd.host.cgroups import PTYS, USER, CommandCgroup, Manager
 from envd.services.filesystem.service import FilesystemService
+from envd.services.process import launch
 from envd.services.process.handler import ProcessHandle
 from envd.services.process.service import ProcessService
 from envd.services.process.status import ExitStatus
 from envd.upgrade import backlogs, fds, schema
-from envd.upgrade.freezer import Freezer
+from envd.upgrade.freezer import HandoverFreezer
 from envd.upgrade.outgoing import blob_path
 from envd.upgrade.status import HandoverResult, HandoverStatus
 
@@ -50,8 +52,31 @@ def _is_our_child(pid: int) -> bool:
     return True
 
 
+def _command_cgroup(manager: Manager, pid: int) -> CommandCgroup | None:
+    """The command cgroup (`user/cmd-N`, `ptys/cmd-N`) the process is in, if it is one of ours."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            text = f.read()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3 or parts[0] != "0":
+            continue
+        kind_dir, name = os.path.split(parts[2].rstrip("/"))
+        for kind in (USER, PTYS):
+            parent = manager.path_for(kind)
+            if parent is None or os.path.basename(kind_dir) != os.path.basename(parent):
+                continue
+            path = os.path.join(parent, name)
+            with contextlib.suppress(OSError), open(os.path.join(path, "cgroup.procs")) as f:
+                if str(pid) in f.read().split():
+                    return CommandCgroup(path)
+    return None
+
+
 def _adopt_proc(
-    loop: asyncio.AbstractEventLoop, proc: hpb.HandoverProc
+    loop: asyncio.AbstractEventLoop, proc: hpb.HandoverProc, process: ProcessService
 ) -> tuple[ProcessHandle | None, str | None]:
     """The handle for one carried child, or (None, why not)."""
     taken: list[int] = []
@@ -81,19 +106,24 @@ def _adopt_proc(
             outputs[stdout] = "stdout"
         if stderr is not None:
             outputs[stderr] = "stderr"
-    for fd in outputs:
-        os.set_blocking(fd, False)
-    if stdin is not None:
-        os.set_blocking(stdin, False)
+    for fd in [*outputs, stdin]:
+        if fd is not None:
+            os.set_blocking(fd, False)
+    # The same Child a fresh spawn yields: from here on the process is like any other.
+    child = launch.Child(
+        pid=proc.pid,
+        pidfd=pidfd,
+        outputs=outputs,
+        stdin=stdin if master is None else None,
+        master=master,
+    )
     handle = ProcessHandle(
         loop,
-        proc.pid,
-        pidfd,
+        child,
         config=proc.config,
         tag=proc.tag if proc.has_tag else None,
-        outputs=outputs,
-        master=master,
-        stdin=stdin if master is None else None,
+        cgroup=_command_cgroup(process.cgroups, proc.pid),
+        cgroups=process.cgroups,
     )
     return handle, None
 
@@ -103,7 +133,7 @@ async def resume(  # noqa: PLR0917  # the daemon's parts, each used once
     process: ProcessService,
     filesystem: FilesystemService,
     control: ControlPlane,
-    freezer: Freezer,
+    freezer: HandoverFreezer,
     status: HandoverStatus,
     forwards: ForwardsImport | None = None,
 ) -> HandoverResult:
@@ -143,7 +173,7 @@ async def resume(  # noqa: PLR0917  # the daemon's parts, each used once
     timeouts: list[tuple[ProcessHandle, float]] = []
     for proc in state.processes:
         result.procs += 1
-        handle, why = _adopt_proc(loop, proc)
+        handle, why = _adopt_proc(loop, proc, process)
         if handle is None:
             result.procs_failed += 1
             log.warning("handover: process %d not taken over: %s", proc.pid, why)
@@ -192,7 +222,7 @@ async def resume(  # noqa: PLR0917  # the daemon's parts, each used once
     control.nfs.mounted.update({m.path: m.lifecycle_id for m in state.mounts})
     if forwards is not None:
         forwards(list(state.forwards))
-    freezer.set_guest_frozen(list(state.guest_frozen_cgroups))
+    freezer.resume_frozen(list(state.guest_frozen_cgroups))
 
     def arm_timeouts() -> None:
         now = loop.time()

@@ -23,12 +23,13 @@ from envd.api.store import ControlPlane
 from envd.config import Config
 from envd.gen.process import process_pb2
 from envd.gen.upgrade import handover_pb2 as hpb
+from envd.host.freezer import HANDOVER_MAX_WAIT_S
 from envd.services.filesystem.service import FilesystemService
 from envd.services.process.handler import ProcessHandle
-from envd.services.process.launch import go_errno_text
+from envd.services.process.plan import go_errno_text
 from envd.services.process.service import ProcessService
 from envd.upgrade import backlogs, fds, schema
-from envd.upgrade.freezer import HANDOVER_MAX_WAIT_S, FreezeError, Freezer
+from envd.upgrade.freezer import FreezeError, HandoverFreezer
 
 log = logging.getLogger("envd.upgrade")
 
@@ -72,7 +73,7 @@ class Upgrader:
     process: ProcessService
     filesystem: FilesystemService
     control: ControlPlane
-    freezer: Freezer
+    freezer: HandoverFreezer
     forwards: ForwardsExport = field(default=lambda: [])
 
     async def upgrade(self, new_bin: str | None) -> None:

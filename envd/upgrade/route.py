@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from envd.api.responses import text_error
 from envd.api.store import ControlPlane
-from envd.services.process.launch import go_errno_text
+from envd.services.process.plan import go_errno_text
 from envd.upgrade.outgoing import UpgradeError, Upgrader
 
 TARGET_HEADER = "x-envd-upgrade-bin"
