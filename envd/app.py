@@ -89,6 +89,7 @@ def create_app(
         await filesystem.close()
         await control.close()
         await freezer.close()
+        cgroups.close()
 
     process_app = ProcessASGIApplication(process, codecs=codecs())
     # Only the filesystem service speaks the old SDK's shapes, as upstream.

@@ -38,6 +38,8 @@ class LoopFs:
         if done.returncode != 0:
             shutil.rmtree(self.dir)
             raise OSError(f"mount -o loop: {done.stderr.strip()}")
+        self.dir.chmod(0o755)
+        self.mount.chmod(0o777)  # commands run as `user`
 
     @property
     def args(self) -> list[str]:

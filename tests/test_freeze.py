@@ -7,23 +7,26 @@ carries on, without a gap, after the thaw.
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import contextlib
 import json
 import os
+import shutil
+import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from e2b import AsyncSandbox
-from e2b.connection_config import ConnectionConfig
-from packaging.version import Version
+from e2b import Sandbox
+from e2b.sandbox.commands.command_handle import PtySize
 
-from envd import ENVD_VERSION
 from tests.cgroupfs import CgroupFs
 from tests.connect_raw import stream_json
+from tests.control import sdk_sandbox
 from tests.daemon import Daemon, wait_until
 
 COUNTER = "i=0; while true; do i=$((i+1)); echo $i; sleep 0.05; done"
@@ -43,18 +46,6 @@ FREEZE_KEYS = [
 ]
 
 
-def async_sandbox(daemon: Daemon) -> AsyncSandbox:
-    config = ConnectionConfig(debug=True, sandbox_url=daemon.url)
-    return AsyncSandbox(
-        sandbox_id="debug",
-        sandbox_domain=None,
-        envd_version=Version(ENVD_VERSION),
-        envd_access_token=None,
-        traffic_access_token=None,
-        connection_config=config,
-    )
-
-
 @pytest.fixture
 def daemon(cgroupfs: CgroupFs) -> Iterator[Daemon]:
     with Daemon(*cgroupfs.args, "-thaw-watchdog-ms", "120000") as d:
@@ -62,44 +53,63 @@ def daemon(cgroupfs: CgroupFs) -> Iterator[Daemon]:
 
 
 @pytest.fixture
-async def http(daemon: Daemon) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=daemon.url, timeout=30) as client:
+def http(daemon: Daemon) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=daemon.url, timeout=30) as client:
         yield client
 
 
 class Lines:
-    """Numbered lines from a counter, as they arrive."""
+    """A running command's output, collected by a thread as it arrives."""
 
-    def __init__(self) -> None:
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
         self.text = ""
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+        self._thread.start()
 
-    def __call__(self, chunk: str | bytes) -> None:
+    def _collect(self) -> None:
+        # The command is killed at the end of every test, which the SDK raises.
+        with contextlib.suppress(Exception):
+            self.handle.wait(on_stdout=self._add, on_pty=self._add)
+
+    def _add(self, chunk: str | bytes) -> None:
         self.text += chunk.decode() if isinstance(chunk, bytes) else chunk
 
     @property
     def numbers(self) -> list[int]:
-        return [int(x) for x in self.text.replace("\r", "").split("\n")[:-1] if x.strip().isdigit()]
+        parts = self.text.replace("\r", "").split("\n")[:-1]
+        return [int(x) for x in parts if x.strip().isdigit()]
+
+    def stop(self) -> None:
+        self.handle.kill()
+        self._thread.join(10)
 
 
-async def wait_for(predicate: Callable[[], object], within: float = 10.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return bool(predicate())
+def counter(sbx: Sandbox) -> Lines:
+    return Lines(sbx.commands.run(COUNTER, background=True, timeout=0, user="user"))
 
 
-async def assert_stopped(lines: Lines, seconds: float = 1.0) -> None:
+def pty_counter(sbx: Sandbox) -> Lines:
+    handle = sbx.pty.create(PtySize(rows=24, cols=80), timeout=0, user="user")
+    lines = Lines(handle)
+    sbx.pty.send_stdin(handle.pid, f"stty -echo; {COUNTER}\n".encode())
+    return lines
+
+
+def assert_stopped(lines: Lines, seconds: float = 1.0) -> None:
     # A line already in flight may still arrive right after the freeze.
-    await asyncio.sleep(0.3)
+    time.sleep(0.3)
     before = len(lines.numbers)
-    await asyncio.sleep(seconds)
+    time.sleep(seconds)
     assert len(lines.numbers) == before, "output went on while frozen"
 
 
-def assert_contiguous(numbers: list[int]) -> None:
-    assert numbers == list(range(1, len(numbers) + 1)), numbers
+def assert_resumes(lines: Lines) -> None:
+    count = len(lines.numbers)
+    assert wait_until(lambda: len(lines.numbers) >= count + 5)
+    # Consecutive from the first (a PTY's first line may share the prompt's).
+    numbers = lines.numbers
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), "lost output"
 
 
 def pids_of(fs: CgroupFs, *parts: str) -> list[int]:
@@ -119,30 +129,36 @@ def cgroup_of(pid: int) -> str:
         return next(line for line in f.read().splitlines() if line.startswith("0::"))[3:]
 
 
+def dirs(fs: CgroupFs, name: str) -> list[Path]:
+    return [p for p in fs.path(name).iterdir() if p.is_dir()]
+
+
 # --- the manager -----------------------------------------------------------
 
 
-async def test_cgroups_created_and_commands_placed(daemon: Daemon, cgroupfs: CgroupFs) -> None:
+def test_cgroups_created_and_commands_placed(daemon: Daemon, cgroupfs: CgroupFs) -> None:
     for name in ("user", "ptys", "socats"):
         assert cgroupfs.path(name).is_dir()
     # This machine's v2 tree has no memory/cpu/io controllers: skipped, not fatal.
     assert 'cgroup property "memory.max" unavailable' in daemon.output()
-    sbx = async_sandbox(daemon)
-    cmd = await sbx.commands.run("sh -c 'sleep 600' & sleep 600", background=True)
-    pty = await sbx.pty.create(size=_pty_size(), on_data=lambda _d: None)
+    sbx = sdk_sandbox(daemon, None)
+    cmd = sbx.commands.run("sh -c 'sleep 600' & sleep 600", background=True, user="user")
+    pty = sbx.pty.create(PtySize(rows=24, cols=80), user="user")
     try:
-        assert await wait_for(lambda: len(pids_of(cgroupfs, "user")) == 3)
-        user_cgroups = _dirs(cgroupfs, "user")
+        assert wait_until(lambda: len(pids_of(cgroupfs, "user")) >= 3)
+        user_cgroups = dirs(cgroupfs, "user")
         assert len(user_cgroups) == 1
         # The command and all it started, in the command's own cgroup.
-        assert cmd.pid in cgroupfs.procs("user", user_cgroups[0].name)
-        assert len(cgroupfs.procs("user", user_cgroups[0].name)) == 3
-        assert any(pty.pid in cgroupfs.procs("ptys", p.name) for p in _dirs(cgroupfs, "ptys"))
+        own = cgroupfs.procs("user", user_cgroups[0].name)
+        assert cmd.pid in own
+        assert sorted(own) == sorted(pids_of(cgroupfs, "user"))
+        assert cgroupfs.procs("user") == []
+        assert any(pty.pid in cgroupfs.procs("ptys", p.name) for p in dirs(cgroupfs, "ptys"))
     finally:
-        await cmd.kill()
-        await pty.kill()
+        cmd.kill()
+        pty.kill()
     # Each command's cgroup goes with it.
-    assert await wait_for(lambda: not _dirs(cgroupfs, "user") and not _dirs(cgroupfs, "ptys"))
+    assert wait_until(lambda: not dirs(cgroupfs, "user") and not dirs(cgroupfs, "ptys"))
 
 
 def _own_cgroup(daemon: Daemon, tag: str | None) -> str:
@@ -154,33 +170,33 @@ def _own_cgroup(daemon: Daemon, tag: str | None) -> str:
     out = b"".join(
         base64.b64decode(e["event"]["data"]["stdout"])
         for e in events
-        if "data" in e.get("event", {}) and "stdout" in e["event"]["data"]
+        if "stdout" in e.get("event", {}).get("data", {})
     )
     return next(line for line in out.decode().splitlines() if line.startswith("0::"))[3:]
 
 
-def test_system_tag_stays_in_envds_cgroup(daemon: Daemon, cgroupfs: CgroupFs) -> None:
+def test_children_start_inside_their_cgroup(daemon: Daemon, cgroupfs: CgroupFs) -> None:
+    """`cat /proc/self/cgroup` exits at once: it must already have started inside."""
     root = "/" + cgroupfs.root.name
     assert _own_cgroup(daemon, None).startswith(f"{root}/user/cmd-")
     assert _own_cgroup(daemon, "mine").startswith(f"{root}/user/cmd-")
     assert _own_cgroup(daemon, "_system") == cgroup_of(daemon.pid)
-
-
-def _dirs(fs: CgroupFs, name: str) -> list[Path]:
-    return [p for p in fs.path(name).iterdir() if p.is_dir()]
-
-
-def _pty_size() -> object:
-    from e2b.sandbox.commands.command_handle import PtySize  # noqa: PLC0415
-
-    return PtySize(rows=24, cols=80)
+    events, _ = stream_json(
+        daemon.url,
+        "Start",
+        {"process": {"cmd": "/bin/cat", "args": ["/proc/self/cgroup"]}, "pty": {"size": {}}},
+    )
+    out = b"".join(
+        base64.b64decode(e["event"]["data"]["pty"])
+        for e in events
+        if "pty" in e.get("event", {}).get("data", {})
+    )
+    assert f"0::{root}/ptys/cmd-".encode() in out
 
 
 def test_no_cgroups_touches_nothing(cgroupfs: CgroupFs) -> None:
     with Daemon("-no-cgroups", *cgroupfs.args) as d:
-        assert list(cgroupfs.root.iterdir()) == [
-            p for p in cgroupfs.root.iterdir() if not p.is_dir()
-        ]
+        assert not [p for p in cgroupfs.root.iterdir() if p.is_dir()]
         assert "cgroups disabled via --no-cgroups" in d.output()
         r = httpx.post(d.url + "/freeze", params={"maxWaitMs": 500})
         assert r.status_code == 200
@@ -204,71 +220,57 @@ def test_root_that_is_not_cgroup2_falls_back(tmp_path: Path) -> None:
 # --- /freeze and the thaws ---------------------------------------------------
 
 
-async def test_freeze_stops_output_and_init_resumes_it(
-    daemon: Daemon,
-    http: httpx.AsyncClient,
-    cgroupfs: CgroupFs,
+def test_freeze_stops_output_and_init_resumes_it(
+    daemon: Daemon, http: httpx.Client, cgroupfs: CgroupFs
 ) -> None:
-    sbx = async_sandbox(daemon)
-    lines = Lines()
-    handle = await sbx.commands.run(COUNTER, background=True, on_stdout=lines)
+    sbx = sdk_sandbox(daemon, None)
+    lines = counter(sbx)
     try:
-        assert await wait_for(lambda: len(lines.numbers) >= 3)
-        r = await http.post("/freeze", params={"maxWaitMs": 2000})
+        assert wait_until(lambda: len(lines.numbers) >= 3)
+        r = http.post("/freeze", params={"maxWaitMs": 2000})
         assert r.status_code == 200
         assert r.headers["content-type"] == "application/json"
         assert r.headers["cache-control"] == "no-store"
         body = r.json()
         assert list(body) == FREEZE_KEYS
         assert body["mode"] == "legacy"
-        assert (body["requested"], body["frozen"], body["notFrozen"], body["failed"]) == (
-            2,
-            2,
-            0,
-            0,
-        )
+        counts = (body["requested"], body["frozen"], body["notFrozen"], body["failed"])
+        assert counts == (2, 2, 0, 0)
         assert cgroupfs.frozen("user")
         assert cgroupfs.frozen("ptys")
-        await assert_stopped(lines)
+        assert_stopped(lines)
         # /freeze again while frozen changes nothing.
-        assert (await http.post("/freeze", params={"maxWaitMs": 500})).json()["frozen"] == 2
+        assert http.post("/freeze", params={"maxWaitMs": 500}).json()["frozen"] == 2
 
-        r = await http.post("/init", json={})
+        r = http.post("/init", json={})
         assert r.status_code == 204
         assert "x-envd-freeze-audit" not in r.headers  # only after a hierarchy freeze
         assert not cgroupfs.frozen("user")
-        count = len(lines.numbers)
-        assert await wait_for(lambda: len(lines.numbers) >= count + 5)
-        assert_contiguous(lines.numbers)
+        assert_resumes(lines)
     finally:
-        await handle.kill()
+        lines.stop()
 
 
-async def test_freeze_without_wait_is_a_bare_204_and_unfreeze_thaws(
-    daemon: Daemon,
-    http: httpx.AsyncClient,
-    cgroupfs: CgroupFs,
+def test_freeze_without_wait_is_a_bare_204_and_unfreeze_thaws(
+    daemon: Daemon, http: httpx.Client, cgroupfs: CgroupFs
 ) -> None:
-    sbx = async_sandbox(daemon)
-    lines = Lines()
-    handle = await sbx.commands.run(COUNTER, background=True, on_stdout=lines)
+    sbx = sdk_sandbox(daemon, None)
+    lines = counter(sbx)
     try:
-        assert await wait_for(lambda: len(lines.numbers) >= 3)
+        assert wait_until(lambda: len(lines.numbers) >= 3)
         for params in ({}, {"maxWaitMs": "0"}, {"maxWaitMs": "-5"}):
-            r = await http.post("/freeze", params=params)
+            r = http.post("/freeze", params=params)
             assert r.status_code == 204
             assert r.content == b""
             assert "cache-control" not in r.headers
-        assert await wait_for(lambda: cgroupfs.frozen("user"))
-        await assert_stopped(lines)
-        r = await http.post("/unfreeze")
+        assert wait_until(lambda: cgroupfs.frozen("user"))
+        assert_stopped(lines)
+        r = http.post("/unfreeze")
         assert r.status_code == 204
         assert r.headers["cache-control"] == "no-store"
-        count = len(lines.numbers)
-        assert await wait_for(lambda: len(lines.numbers) >= count + 5)
-        assert_contiguous(lines.numbers)
+        assert_resumes(lines)
     finally:
-        await handle.kill()
+        lines.stop()
 
 
 @pytest.mark.parametrize(
@@ -286,29 +288,24 @@ async def test_freeze_without_wait_is_a_bare_204_and_unfreeze_thaws(
         ),
     ],
 )
-async def test_freeze_bad_parameters(
-    http: httpx.AsyncClient,
-    cgroupfs: CgroupFs,
-    query: str,
-    text: str,
+def test_freeze_bad_parameters(
+    http: httpx.Client, cgroupfs: CgroupFs, query: str, text: str
 ) -> None:
-    r = await http.post("/freeze?" + query)
+    r = http.post("/freeze?" + query)
     assert r.status_code == 400
     assert r.headers["content-type"] == "text/plain; charset=utf-8"
     assert r.text == text
     assert not cgroupfs.frozen("user")  # nothing was frozen
 
 
-async def test_hierarchy_freeze_guest_frozen_and_allowlist(
-    daemon: Daemon,
-    http: httpx.AsyncClient,
-    cgroupfs: CgroupFs,
+def test_hierarchy_freeze_guest_frozen_and_allowlist(
+    http: httpx.Client, cgroupfs: CgroupFs
 ) -> None:
     # Cgroups the guest made itself: one it froze, one running, one allowlisted.
     for name in ("guest-paused", "guest-app", "init.scope"):
         cgroupfs.path(name).mkdir()
     cgroupfs.set_freeze(1, "guest-paused")
-    r = await http.post("/freeze", params={"mode": "hierarchy", "maxWaitMs": 2000})
+    r = http.post("/freeze", params={"mode": "hierarchy", "maxWaitMs": 2000})
     assert r.status_code == 200
     body = r.json()
     assert body["mode"] == "hierarchy"
@@ -320,13 +317,12 @@ async def test_hierarchy_freeze_guest_frozen_and_allowlist(
     assert not cgroupfs.frozen("socats")
     assert not cgroupfs.frozen("init.scope")
 
-    r = await http.post("/init", json={})
+    r = http.post("/init", json={})
     assert r.status_code == 204
     audit = json.loads(r.headers["x-envd-freeze-audit"])
     assert list(audit) == ["visited", "frozen", "escaped", "violations", "truncated"]
-    assert audit["violations"] == 0
-    assert audit["escaped"] == 0
-    assert audit["frozen"] >= 4  # user, ptys, guest-app, guest-paused
+    assert (audit["violations"], audit["escaped"]) == (0, 0)
+    assert audit["frozen"] == 4  # user, ptys, guest-app, guest-paused
     assert not cgroupfs.frozen("guest-app")
     assert not cgroupfs.frozen("user")
     # The guest's own freeze survives the thaw.
@@ -334,29 +330,25 @@ async def test_hierarchy_freeze_guest_frozen_and_allowlist(
     cgroupfs.set_freeze(0, "guest-paused")
 
 
-async def test_hierarchy_freeze_bound_truncates(
-    http: httpx.AsyncClient,
-    cgroupfs: CgroupFs,
-) -> None:
+def test_hierarchy_freeze_bound_truncates(http: httpx.Client, cgroupfs: CgroupFs) -> None:
     for i in range(6):
         cgroupfs.path(f"app-{i}").mkdir()
-    r = await http.post("/freeze", params={"mode": "hierarchy", "maxWaitMs": 1000, "maxCgroups": 4})
-    body = r.json()
+    params = {"mode": "hierarchy", "maxWaitMs": 1000, "maxCgroups": 4}
+    body = http.post("/freeze", params=params).json()
     assert body["truncated"] is True
     assert body["visited"] == 4
-    assert (await http.post("/unfreeze")).status_code == 204
+    assert http.post("/unfreeze").status_code == 204
     assert not any(cgroupfs.frozen(f"app-{i}") for i in range(6))
 
 
-async def test_unfreeze_thaws_what_a_hierarchy_freeze_froze(
-    http: httpx.AsyncClient,
-    cgroupfs: CgroupFs,
+def test_unfreeze_thaws_what_a_hierarchy_freeze_froze(
+    http: httpx.Client, cgroupfs: CgroupFs
 ) -> None:
     cgroupfs.path("app").mkdir()
     cgroupfs.path("app", "worker").mkdir()
-    await http.post("/freeze", params={"mode": "hierarchy", "maxWaitMs": 1000})
+    http.post("/freeze", params={"mode": "hierarchy", "maxWaitMs": 1000})
     assert cgroupfs.frozen("app", "worker")  # through its parent
-    assert (await http.post("/unfreeze")).status_code == 204
+    assert http.post("/unfreeze").status_code == 204
     assert not cgroupfs.frozen("app")
     assert not cgroupfs.frozen("app", "worker")
 
@@ -369,7 +361,7 @@ def test_watchdog_thaws_by_itself(cgroupfs: CgroupFs) -> None:
         assert cgroupfs.frozen("user")
         assert wait_until(lambda: not cgroupfs.frozen("user"), timeout=10)
         assert "thaw watchdog fired" in d.output()
-        # A thaw disarms it: after /unfreeze a new freeze waits its full window again.
+        # A thaw disarms it: after /unfreeze nothing fires again.
         httpx.post(d.url + "/freeze")
         httpx.post(d.url + "/unfreeze")
         time.sleep(2.5)
@@ -378,7 +370,7 @@ def test_watchdog_thaws_by_itself(cgroupfs: CgroupFs) -> None:
 
 # --- killing the whole tree ---------------------------------------------------
 
-# Leaves its process group twice over: `setsid` and a double-fork daemon.
+# Leaves its process group three ways: `setsid`, a double-fork daemon, `nohup &`.
 ESCAPERS = (
     "setsid sleep 1000 & "
     "python3 -c 'import os,time\n"
@@ -392,48 +384,49 @@ ESCAPERS = (
 )
 
 
-async def _escapers(sbx: AsyncSandbox, fs: CgroupFs, **kwargs: object) -> tuple[object, list[int]]:
-    handle = await sbx.commands.run(ESCAPERS, background=True, **kwargs)  # type: ignore[call-overload]
-    assert await wait_for(lambda: len(pids_of(fs, "user")) >= 5)
-    await asyncio.sleep(0.3)  # the daemon's second fork
+def _escapers(sbx: Sandbox, fs: CgroupFs, **kwargs: Any) -> tuple[Any, list[int]]:
+    handle = sbx.commands.run(ESCAPERS, background=True, user="user", **kwargs)
+    assert wait_until(lambda: len(pids_of(fs, "user")) >= 5)
+    time.sleep(0.3)  # the daemon's second fork
     pids = pids_of(fs, "user")
     sessions = {os.getsid(p) for p in pids if alive(p)}
     assert len(sessions) >= 3, "the escapers did not leave the command's session"
     return handle, pids
 
 
-async def test_sigkill_reaches_every_descendant(daemon: Daemon, cgroupfs: CgroupFs) -> None:
-    sbx = async_sandbox(daemon)
-    handle, pids = await _escapers(sbx, cgroupfs)
-    assert await handle.kill()  # type: ignore[attr-defined]
-    assert await wait_for(lambda: not any(alive(p) for p in pids))
-    assert await wait_for(lambda: not _dirs(cgroupfs, "user"))
+def test_sigkill_reaches_every_descendant(daemon: Daemon, cgroupfs: CgroupFs) -> None:
+    sbx = sdk_sandbox(daemon, None)
+    handle, pids = _escapers(sbx, cgroupfs)
+    assert handle.kill()
+    assert wait_until(lambda: not any(alive(p) for p in pids))
+    assert wait_until(lambda: not dirs(cgroupfs, "user"))
 
 
-async def test_timeout_kill_reaches_every_descendant(daemon: Daemon, cgroupfs: CgroupFs) -> None:
-    sbx = async_sandbox(daemon)
-    handle, pids = await _escapers(sbx, cgroupfs, timeout=3)
-    result = None
-    try:
-        await handle.wait()  # type: ignore[attr-defined]
-    except Exception as e:  # the SDK raises for the killed command
-        result = e
-    assert result is not None
-    assert await wait_for(lambda: not any(alive(p) for p in pids))
+def test_timeout_kill_reaches_every_descendant(daemon: Daemon, cgroupfs: CgroupFs) -> None:
+    sbx = sdk_sandbox(daemon, None)
+    handle, pids = _escapers(sbx, cgroupfs, timeout=3)
+    with pytest.raises(Exception):  # noqa: B017, PT011  # the SDK's error for a killed command
+        handle.wait()
+    assert wait_until(lambda: not any(alive(p) for p in pids))
 
 
-async def test_without_cgroups_escapers_survive_as_upstream(tmp_path: Path) -> None:
-    marker = tmp_path / "pid"
+def test_without_cgroups_escapers_survive_as_upstream() -> None:
+    shared = Path(tempfile.mkdtemp(prefix="envd-escaper-"))
+    shared.chmod(0o777)  # the command runs as `user`
+    marker = shared / "pid"
     with Daemon("-no-cgroups") as d:
-        sbx = async_sandbox(d)
-        handle = await sbx.commands.run(
-            f"setsid sh -c 'echo $$ > {marker}; exec sleep 1000' & sleep 1000", background=True
+        sbx = sdk_sandbox(d, None)
+        handle = sbx.commands.run(
+            f"setsid sh -c 'echo $$ > {marker}; exec sleep 1000' & sleep 1000",
+            background=True,
+            user="user",
         )
-        assert await wait_for(lambda: marker.exists() and marker.read_text().strip())
+        assert wait_until(lambda: marker.exists() and marker.read_text().strip())
         pid = int(marker.read_text())
         try:
-            await handle.kill()
-            await asyncio.sleep(0.5)
-            assert alive(pid)  # left the process group: out of reach, as upstream
+            handle.kill()
+            time.sleep(0.5)
+            assert alive(pid)  # it left the process group: out of reach, as upstream
         finally:
             os.kill(pid, 9)
+            shutil.rmtree(shared)

@@ -11,6 +11,7 @@ waiting on I/O, so the callers run it on the event loop except for the walks.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import errno
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 
 CGROUP2_SUPER_MAGIC = 0x63677270
 MIB = 1 << 20
+LINGER_FIRST_RETRY_S = 0.05
+LINGER_MAX_RETRY_S = 10.0
 
 USER = "user"
 PTYS = "ptys"
@@ -197,6 +200,7 @@ class Cgroup2Manager(Manager):
         self._seq = itertools.count(1)
         # Command cgroups whose command ended while something in them still ran.
         self._lingering: list[CommandCgroup] = []
+        self._reap_timer: asyncio.TimerHandle | None = None
 
     def path_for(self, kind: str) -> str | None:
         return self._paths.get(kind)
@@ -220,13 +224,37 @@ class Cgroup2Manager(Manager):
         return None
 
     def release(self, cgroup: CommandCgroup) -> None:
+        """Remove a command's cgroup once empty: now, or retried until what it left is gone."""
         if not cgroup.remove():
             self._lingering.append(cgroup)
+            self._schedule_reap(LINGER_FIRST_RETRY_S)
         self._reap_lingering()
 
     def _reap_lingering(self) -> None:
         if self._lingering:
             self._lingering = [c for c in self._lingering if not c.remove()]
+
+    def _schedule_reap(self, delay: float) -> None:
+        # Killed processes take a moment to leave; a daemon a command left
+        # behind may stay for good, so the retries back off.
+        if self._reap_timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._reap_timer = loop.call_later(delay, self._timed_reap, delay)
+
+    def _timed_reap(self, delay: float) -> None:
+        self._reap_timer = None
+        self._reap_lingering()
+        if self._lingering:
+            self._schedule_reap(min(delay * 2, LINGER_MAX_RETRY_S))
+
+    def close(self) -> None:
+        if self._reap_timer is not None:
+            self._reap_timer.cancel()
+            self._reap_timer = None
 
     def freeze(self, kind: str) -> None:
         self.freeze_at(self._path(kind))
