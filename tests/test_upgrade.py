@@ -6,6 +6,7 @@ elsewhere the freeze has nothing to act on and the rest still runs).
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 from envd.gen.process import process_pb2 as pb
 from tests.cgroupfs import CgroupFs
 from tests.control import ControlDaemon, rfc3339
+from tests.daemon import free_port, wait_healthy
 from tests.procfs import children, fd_count
 from tests.upgrade_helpers import (
     Stream,
@@ -405,3 +407,94 @@ def test_upgrade_event_order_for_start_stream(tmp_path: Path) -> None:
         assert isinstance(again.end(), pb.ProcessEvent.EndEvent)
         s.close()
         again.close()
+
+
+# --- the incoming side, from a blob written by upstream's rules -------------------------
+
+
+def _resume_from_fake_upstream(tmp_path: Path, schema: int) -> tuple[subprocess.Popen[bytes], str]:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    port = free_port()
+    flags = ["-port", str(port), "-isnotfc", "-no-cgroups", "-run-dir", str(run_dir)]
+    flags += ["-mmds-address", "127.0.0.1:9"]
+    log = open(tmp_path / "envd.log", "wb")  # noqa: SIM115  # lives as long as the daemon
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.fake_upstream_outgoing",
+            str(run_dir),
+            str(schema),
+            "--",
+            *flags,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(url, proc, 30, (tmp_path / "envd.log").read_text)
+    return proc, url
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_takes_over_from_upstream_blob(tmp_path: Path) -> None:
+    proc, url = _resume_from_fake_upstream(tmp_path, 1)
+    try:
+        assert "--resume-handover" in cmdline(proc.pid)
+        # The carried descriptors were moved off upstream's slots (free for the next swap).
+        assert not {200, 201, 202} & {int(fd) for fd in os.listdir(f"/proc/{proc.pid}/fd")}
+        r = httpx.post(url + "/init", json={"timestamp": rfc3339()}, timeout=30)
+        assert r.status_code == 204
+        assert handover_header(r) == {
+            "failed": False,
+            "procs": 2,
+            "procs_failed": 1,
+            "retained": 1,
+            "retained_failed": 0,
+            "watchers": 1,
+            "watchers_failed": 0,
+        }
+        listed = unary(url, "List", {}).json()["processes"]
+        assert [(p["tag"], p["config"]["args"][0]) for p in listed] == [("up", "-c")]
+        pid = listed[0]["pid"]
+        assert pid in children(proc.pid)
+        s = connect(url, tag="up")
+        assert s.wait_for(lambda x: x.output() == b"from-upstream\n")  # kept in the pipe
+        sent = unary(
+            url, "SendInput", {"process": {"pid": pid}, "input": {"stdin": "aGVsbG8K"}}
+        )  # "hello\n"
+        assert sent.status_code == 200, sent.text
+        assert s.wait_for(lambda x: x.output() == b"from-upstream\ngot hello\n")
+        gone = connect(url, tag="gone")
+        assert gone.wait_for(lambda x: x.end() is not None)
+        assert (gone.pid, gone.end().exit_code) == (4_000_000, 9)  # type: ignore[union-attr]
+        events = fs_call(url, "GetWatcherEvents", {"watcherId": "wupstream"})
+        assert events.status_code == 200, events.text
+        unary(url, "SendSignal", {"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"})
+        assert s.wait_for(lambda x: x.end() is not None)
+        s.close()
+        gone.close()
+    finally:
+        _stop(proc)
+
+
+def test_refuses_newer_schema(tmp_path: Path) -> None:
+    proc, url = _resume_from_fake_upstream(tmp_path, 3)
+    try:
+        r = httpx.post(url + "/init", json={"timestamp": rfc3339()}, timeout=30)
+        assert r.status_code == 204
+        header = handover_header(r)
+        assert header is not None
+        assert header["failed"] is True
+        assert header["procs"] == 0
+        assert "handover schema 3 exceeds max supported 2" in (tmp_path / "envd.log").read_text()
+        assert unary(url, "List", {}).json().get("processes", []) == []
+    finally:
+        for pid in children(proc.pid):
+            os.kill(pid, 9)
+        _stop(proc)

@@ -10,6 +10,7 @@ again), so the next upgrade finds the slots free.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 
@@ -62,12 +63,17 @@ class Relocation:
 
 
 def take(fd: int) -> int | None:
-    """An inherited slot moved to a fresh close-on-exec descriptor; None for -1."""
+    """An inherited slot moved to a fresh close-on-exec descriptor; None for -1.
+
+    OSError when the blob names a descriptor that did not cross the execve.
+    """
     if fd < 0:
         return None
     try:
         fresh = os.dup(fd)  # non-inheritable
-    except OSError:
+    except OSError as e:
+        if e.errno == errno.EBADF:
+            raise OSError(e.errno, f"handover fd {fd} is not open") from None
         return fd  # still usable where it is; only a later upgrade could collide
     os.close(fd)
     return fresh

@@ -106,9 +106,9 @@ def _adopt_proc(
             outputs[stdout] = "stdout"
         if stderr is not None:
             outputs[stderr] = "stderr"
-    for fd in [*outputs, stdin]:
-        if fd is not None:
-            os.set_blocking(fd, False)
+    for carried in [*outputs, stdin]:
+        if carried is not None:
+            os.set_blocking(carried, False)
     # The same Child a fresh spawn yields: from here on the process is like any other.
     child = launch.Child(
         pid=proc.pid,
