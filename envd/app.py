@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -26,6 +27,7 @@ from envd.gen.filesystem.filesystem_connect import FilesystemASGIApplication
 from envd.gen.process.process_connect import ProcessASGIApplication
 from envd.logs import HTTPExporter
 from envd.permissions.basic_auth import BasicAuthMiddleware
+from envd.port.forwarder import ForwardTable, PortForwarder
 from envd.rpc.codec import codecs
 from envd.rpc.context import RequestStateMiddleware
 from envd.services.filesystem.legacy import LegacyInterceptor
@@ -52,9 +54,15 @@ def create_app(
     control = ControlPlane(config, exec_ctx, exporter)
 
     @asynccontextmanager
-    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         control.start()
+        # The cgroup manager, once wired, passes its `socats` directory here.
+        table = ForwardTable(asyncio.get_running_loop(), forward_ip=config.forward_ip)
+        forwarder = PortForwarder(table)
+        app.state.forwarder = forwarder
+        forwarder.start()
         yield
+        await forwarder.close()
         await process.close()
         await filesystem.close()
         await control.close()

@@ -26,3 +26,5 @@ class Config:
     # Initial defaults for requests without a user/workdir (beyond upstream: -default-user).
     default_user: str = "root"
     default_workdir: str | None = None
+    # Where loopback listeners are forwarded to (upstream hard-codes 169.254.0.21).
+    forward_ip: str = "169.254.0.21"
