@@ -30,12 +30,14 @@ from envd.host.cgroups import Manager, create_manager
 from envd.host.freezer import WorkloadFreezer
 from envd.logs import HTTPExporter
 from envd.permissions.basic_auth import BasicAuthMiddleware
+from envd.port.forwarder import ForwardTable, PortForwarder
 from envd.rpc.codec import codecs
 from envd.rpc.context import RequestStateMiddleware
 from envd.services.filesystem.legacy import LegacyInterceptor
 from envd.services.filesystem.service import FilesystemService
 from envd.services.process.backlog import Retention
 from envd.services.process.service import ProcessService
+from envd.upgrade.forwards import adopt_forwards, export_forwards
 from envd.upgrade.freezer import HandoverFreezer
 from envd.upgrade.incoming import resume
 from envd.upgrade.outgoing import Upgrader
@@ -78,13 +80,30 @@ def create_app(
     upgrader = Upgrader(config, process, filesystem, control, handover_freezer)
 
     @asynccontextmanager
-    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # The cgroup manager, once wired, passes its `socats` directory here.
+        table = ForwardTable(asyncio.get_running_loop(), forward_ip=config.forward_ip)
+        upgrader.forwards = lambda: export_forwards(table)
+        upgrader.restore_forwards = lambda carried: adopt_forwards(table, carried)
         if config.resume_handover:
-            # Before the first connection is accepted, with the workload still frozen.
-            await resume(config, process, filesystem, control, handover_freezer, control.handover)
+            # Before the first connection is accepted, with the workload still frozen,
+            # and before the first port scan (no duplicate socat for a carried forward).
+            await resume(
+                config,
+                process,
+                filesystem,
+                control,
+                handover_freezer,
+                control.handover,
+                lambda carried: adopt_forwards(table, carried),
+            )
         control.start()
+        forwarder = PortForwarder(table)
+        app.state.forwarder = forwarder
+        forwarder.start()
         yield
         control.handover.close()
+        await forwarder.close()
         await process.close()
         await filesystem.close()
         await control.close()

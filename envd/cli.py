@@ -9,6 +9,7 @@ its trimmed output, so that line must stay exactly the upstream version.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -66,6 +67,12 @@ FLAGS: tuple[Flag, ...] = (
         str,
         "/usr/local/share/ca-certificates/e2b-ca.crt",
         "where the installed CA is kept for update-ca-certificates",
+    ),
+    Flag(
+        "forward-ip",
+        str,
+        "169.254.0.21",
+        "IPv4 address on which loopback listeners are made reachable",
     ),
     # Beyond upstream: the SDKs in debug mode never call /init, so a container
     # needs another way to say who runs commands by default, and where.
@@ -167,6 +174,11 @@ def config_from_flags(
         raise UsageError(f"default user {user!r} does not exist in /etc/passwd")
     if workdir is not None and not workdir.startswith("/"):
         raise UsageError(f"default workdir {workdir!r} is not an absolute path")
+    forward_ip = str(values["forward-ip"])
+    try:
+        socket.inet_pton(socket.AF_INET, forward_ip)
+    except OSError:
+        raise UsageError(f"forward ip {forward_ip!r} is not an IPv4 address") from None
     return Config(
         port=int(values["port"]),
         is_not_fc=bool(values["isnotfc"]),
@@ -186,6 +198,7 @@ def config_from_flags(
         resume_handover=bool(values["resume-handover"]),
         output_buffer_stream=int(values["output-buffer-stream"]),
         output_buffer_total=int(values["output-buffer-total"]),
+        forward_ip=forward_ip,
     )
 
 

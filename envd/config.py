@@ -36,3 +36,5 @@ class Config:
     # Unread output kept for the next Connect (services/process/backlog.py).
     output_buffer_stream: int = 1 << 20
     output_buffer_total: int = 64 << 20
+    # Where loopback listeners are forwarded to (upstream hard-codes 169.254.0.21).
+    forward_ip: str = "169.254.0.21"

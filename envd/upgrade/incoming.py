@@ -35,7 +35,7 @@ from envd.upgrade.status import HandoverResult, HandoverStatus
 log = logging.getLogger("envd.upgrade")
 
 # Seam for the port forwarder: it takes the carried forwards once it exists.
-ForwardsImport = Callable[[list[hpb.ForwardedPort]], None]
+ForwardsImport = Callable[[list[hpb.ForwardedPort]], object]
 
 
 def _read(path: str) -> bytes:

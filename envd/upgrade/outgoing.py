@@ -38,8 +38,10 @@ RESUME_FLAG = "--resume-handover"
 # How long output already read may take to reach its subscribers before the swap.
 FLUSH_BUDGET_S = 1.0
 
-# Seam for the port forwarder: its active forwards as handover messages (none yet).
+# The port forwarder's running forwards as handover messages, and their re-adoption
+# when the execve fails (envd.upgrade.forwards; set by the app once the table exists).
 ForwardsExport = Callable[[], list[hpb.ForwardedPort]]
+ForwardsRestore = Callable[[list[hpb.ForwardedPort]], object]
 
 
 class UpgradeError(Exception):
@@ -75,6 +77,7 @@ class Upgrader:
     control: ControlPlane
     freezer: HandoverFreezer
     forwards: ForwardsExport = field(default=lambda: [])
+    restore_forwards: ForwardsRestore = field(default=lambda _carried: None)
 
     async def upgrade(self, new_bin: str | None) -> None:
         """Does not return on success; raises UpgradeError with the 500's text."""
@@ -138,6 +141,14 @@ class Upgrader:
     def _swap(self, new_bin: str | None, relocation: fds.Relocation) -> None:
         """Snapshot, write the blob, execve; synchronous on purpose (see module doc)."""
         state = self.snapshot(relocation)
+        try:
+            self._write_and_exec(state, new_bin)
+        except UpgradeError:
+            # The socat children stopped being watched at the snapshot: watch them again.
+            self.restore_forwards(list(state.forwards))
+            raise
+
+    def _write_and_exec(self, state: hpb.HandoverState, new_bin: str | None) -> None:
         path = blob_path(self.config)
         try:
             backlogs.write(self.config.run_dir, backlogs.export(self.process.table))
