@@ -245,11 +245,11 @@ def test_wrong_target(tmp_path: Path) -> None:
     with daemon:
         _init(daemon)
         s = start(daemon.url, "sleep", "600")
-        r = upgrade(daemon.url, b"x", **{"X-Envd-Upgrade-Bin": "/tmp/elsewhere"})
+        r = upgrade(daemon.url, b"x", {"X-Envd-Upgrade-Bin": "/tmp/elsewhere"})
         assert r is not None
         assert (r.status_code, r.text) == (400, "unsupported upgrade target\n")
         # The configured target itself is accepted (then fails: not executable).
-        r = upgrade(daemon.url, b"x", **{"X-Envd-Upgrade-Bin": str(tmp_path / "envd.next")})
+        r = upgrade(daemon.url, b"x", {"X-Envd-Upgrade-Bin": str(tmp_path / "envd.next")})
         assert r is not None
         assert r.status_code == 500
         _still_serving(daemon, s, daemon.pid)
@@ -355,10 +355,10 @@ def test_access_token_guards_upgrade(tmp_path: Path) -> None:
     with daemon:
         r = daemon.init({"timestamp": rfc3339(), "accessToken": "secret"})
         assert r.status_code == 204
-        r = upgrade(daemon.url)
-        assert r is not None
-        assert r.status_code == 401
-        assert upgrade(daemon.url, **{"X-Access-Token": "secret"}) is None
+        denied = upgrade(daemon.url)
+        assert denied is not None
+        assert denied.status_code == 401
+        assert upgrade(daemon.url, headers={"X-Access-Token": "secret"}) is None
         wait_health(daemon.url)
         # The token did not cross: locked down until /init sets it again.
         assert httpx.get(daemon.url + "/envs", timeout=10).content == LOCKDOWN

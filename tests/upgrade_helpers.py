@@ -135,10 +135,12 @@ def fs_call(url: str, method: str, body: dict[str, Any]) -> httpx.Response:
     )
 
 
-def upgrade(url: str, body: bytes | None = None, **headers: str) -> httpx.Response | None:
+def upgrade(
+    url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> httpx.Response | None:
     """POST /upgrade; None when the connection closed without an answer (success)."""
     try:
-        return httpx.post(url + "/upgrade", content=body or b"", headers=headers, timeout=60)
+        return httpx.post(url + "/upgrade", content=body or b"", headers=headers or {}, timeout=60)
     except (httpx.RemoteProtocolError, httpx.ReadError):
         return None
 
