@@ -498,3 +498,23 @@ def test_refuses_newer_schema(tmp_path: Path) -> None:
         for pid in children(proc.pid):
             os.kill(pid, 9)
         _stop(proc)
+
+
+def test_remaining_timeout_is_carried(tmp_path: Path) -> None:
+    """A 15 s lifetime still ends the process after the swap, counting from the thaw."""
+    daemon = _daemon(tmp_path, None)
+    with daemon:
+        _init(daemon)
+        began = time.monotonic()
+        s = start(daemon.url, "sleep", "600", headers={"Connect-Timeout-Ms": "15000"})
+        s.close()  # the lifetime is the process's, not the stream's
+        assert upgrade(daemon.url) is None
+        wait_health(daemon.url)
+        _init(daemon)
+        if time.monotonic() - began > 12:
+            pytest.skip("machine too slow to tell the carried timeout apart")
+        late = connect(daemon.url, pid=s.pid)
+        assert late.wait_for(lambda x: x.end() is not None, timeout=40)
+        assert time.monotonic() - began >= 14.5  # not killed early
+        assert late.end().status == "signal: killed"  # type: ignore[union-attr]
+        late.close()

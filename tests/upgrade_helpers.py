@@ -22,13 +22,15 @@ AS_USER = {"Authorization": "Basic " + base64.b64encode(b"user:").decode()}
 PROTO_STREAM = {"content-type": "application/connect+proto"}
 
 
-def _post_stream(client: httpx.Client, url: str, method: str, message: Any) -> Any:
+def _post_stream(
+    client: httpx.Client, url: str, method: str, message: Any, extra: dict[str, str]
+) -> Any:
     return client.stream(
         "POST",
         url + PROCESS + method,
         content=envelope(message.SerializeToString()),
         # Keepalives every second let the reading thread notice `close`.
-        headers={**PROTO_STREAM, **AS_USER, "Keepalive-Ping-Interval": "1"},
+        headers={**PROTO_STREAM, **AS_USER, "Keepalive-Ping-Interval": "1", **extra},
         timeout=httpx.Timeout(60, read=30),
     )
 
@@ -36,14 +38,16 @@ def _post_stream(client: httpx.Client, url: str, method: str, message: Any) -> A
 class Stream:
     """A Start or Connect stream read by a thread: events in arrival order until it ends."""
 
-    def __init__(self, url: str, method: str, message: Any) -> None:
+    def __init__(
+        self, url: str, method: str, message: Any, headers: dict[str, str] | None = None
+    ) -> None:
         self.events: list[pb.ProcessEvent] = []
         self.error: BaseException | None = None
         self.started = threading.Event()
         self.done = threading.Event()
         self._closing = threading.Event()
         self._client = httpx.Client()
-        self._cm = _post_stream(self._client, url, method, message)
+        self._cm = _post_stream(self._client, url, method, message, headers or {})
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         assert self.started.wait(30), f"no start event: {self.error!r}"
@@ -97,6 +101,7 @@ def start(
     tag: str | None = None,
     pty: bool = False,
     stdin: bool | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Stream:
     request = pb.StartRequest(process=pb.ProcessConfig(cmd=cmd, args=list(args)))
     if tag is not None:
@@ -105,7 +110,7 @@ def start(
         request.pty.size.cols, request.pty.size.rows = 80, 24
     if stdin is not None:
         request.stdin = stdin
-    return Stream(url, "Start", request)
+    return Stream(url, "Start", request, headers)
 
 
 def connect(url: str, *, pid: int | None = None, tag: str | None = None) -> Stream:
