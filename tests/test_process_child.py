@@ -137,6 +137,7 @@ def test_child_attributes(envd: Daemon, kill_after: list[int], pty: bool) -> Non
     assert int(st["SigBlk"], 16) == 0
     assert Path(f"/proc/{pid}/oom_score_adj").read_text().strip() == "100"
     assert ioprio(pid) == (2, 4)  # best-effort, level 4
+    assert os.sched_getscheduler(pid) == os.sched_getscheduler(envd.pid)
 
     fields = stat_fields(pid)
     ppid, pgrp, session, tty_nr, tpgid = (int(f) for f in fields[1:6])

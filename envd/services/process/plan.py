@@ -72,9 +72,26 @@ def check_nul(argv: Sequence[str], env: Sequence[str], cwd: str) -> None:
         raise SpawnError(f"fork/exec {SHELL}: {go_errno_text(errno.EINVAL)}")
 
 
+_found: dict[str, str] = {}
+
+
+def _helper(name: str) -> str | None:
+    # Upstream looks both up on every Start (a PATH scan, ~0.5 ms each here);
+    # one found stays valid while it is still executable there.
+    path = _found.get(name)
+    if path is not None and os.access(path, os.X_OK):
+        return path
+    path = shutil.which(name, path=ENVD_PATH)
+    if path is None:
+        _found.pop(name, None)
+    else:
+        _found[name] = path
+    return path
+
+
 def priority_helpers() -> tuple[str | None, str | None]:
     """The image's ionice and nice, each None if it lacks them (minimal images do)."""
-    return shutil.which("ionice", path=ENVD_PATH), shutil.which("nice", path=ENVD_PATH)
+    return _helper("ionice"), _helper("nice")
 
 
 def nice_delta() -> int:
