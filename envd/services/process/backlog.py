@@ -15,7 +15,10 @@ starts inside a character (old SDKs decode each chunk on its own).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -24,6 +27,18 @@ DEFAULT_TOTAL: Final = 64 << 20
 # Small reads of one member are joined into pieces of up to this size, so a
 # chatty process costs bytes, not thousands of objects.
 _JOIN_LIMIT: Final = 32 << 10
+# Freed backlog memory stays in the C allocator's arenas; after this much has
+# been released it is handed back to the kernel (the VM's memory is the host's).
+_TRIM_AFTER: Final = 8 << 20
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to hand back this way
+        return None
+    return trim
 
 
 def utf8_start(data: bytes, cut: int) -> int:
@@ -50,6 +65,8 @@ class Retention:
         self.total = max(0, total)
         self.size = 0
         self.alive = 0
+        self._freed = 0
+        self._trim: Callable[[int], int] | bool | None = False  # False: not looked up yet
         # Every live piece in arrival order (dead ones are skipped lazily).
         self._order: deque[_Piece] = deque()
 
@@ -79,6 +96,13 @@ class Retention:
         self.alive -= pieces
         if not self.alive:
             self._order.clear()
+        self._freed += nbytes
+        if self._freed >= _TRIM_AFTER and self.size < self._freed:
+            self._freed = 0
+            if self._trim is False:
+                self._trim = _load_malloc_trim()
+            if callable(self._trim):
+                self._trim(0)
 
 
 class Backlog:
