@@ -56,13 +56,15 @@ class Forward:
     # the key is not retried while it persists.
     failed: bool = False
 
-    def record(self) -> ForwardRecord | None:
+    def hand_over(self) -> ForwardRecord | None:
+        """Stop watching the running forward without stopping it; None if none runs."""
         if self.socat is not None and not self.socat.exited:
+            self.socat.detach()
             return ForwardRecord(
-                self.key, self.port, self.family, self.listener_pid, self.socat.pid
+                self.key, self.port, self.family, self.listener_pid, socat_pid=self.socat.pid
             )
         if self.builtin is not None and not self.builtin.closed:
-            fd = self.builtin.listener.fileno()
+            fd = self.builtin.detach()
             return ForwardRecord(self.key, self.port, self.family, self.listener_pid, listen_fd=fd)
         return None
 
@@ -166,14 +168,14 @@ class ForwardTable:
     # --- live upgrade ------------------------------------------------------
 
     def export(self) -> list[ForwardRecord]:
-        """The running forwards; the caller keeps socats and listener fds alive across exec."""
-        records = [r for f in self.forwards.values() if (r := f.record()) is not None]
-        for forward in self.forwards.values():
-            if forward.socat is not None:
-                forward.socat.detach()
-            if forward.builtin is not None:
-                # Its fd must survive the execve; relayed connections do not.
-                forward.builtin.listener.set_inheritable(True)
+        """Hand every running forward over, for the next envd after a same-pid execve.
+
+        socats keep running (still our children after the exec); built-in
+        listeners stay open as inheritable fds, while their relayed connections
+        are closed. The table is empty afterwards: call it last, just before exec.
+        """
+        records = [r for f in self.forwards.values() if (r := f.hand_over()) is not None]
+        self.forwards.clear()
         return records
 
     def adopt(self, records: list[ForwardRecord]) -> int:

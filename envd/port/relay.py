@@ -383,6 +383,19 @@ class BuiltinForward:
         self.connections.discard(conn)
         self.slots.give()
 
+    def detach(self) -> int:
+        """Hand the listening socket over (live upgrade): returns its fd, left open and
+        inheritable across exec. Relayed connections are closed; the next envd
+        accepts new ones on the same socket, so no connect is refused meanwhile."""
+        self._pause_accepting()
+        self.closed = True
+        self.slots.forget(self)
+        for conn in list(self.connections):
+            conn.close()
+        fd = self.listener.detach()
+        os.set_inheritable(fd, True)
+        return fd
+
     def close(self) -> None:
         """Stop listening and close every relayed connection (both sides)."""
         if self.closed:
