@@ -14,6 +14,7 @@ MODULES = [
     "bench.filesystem_watch",
     "bench.files_http",
     "bench.init_storm",
+    "bench.port_forward",
 ]
 
 if __name__ == "__main__":

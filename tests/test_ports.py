@@ -312,3 +312,19 @@ def test_socat_joins_the_given_cgroup_before_exec() -> None:
             if os.path.isdir(cgroup):
                 os.rmdir(cgroup)
             subprocess.run(["umount", root], check=True)
+
+
+def test_no_forward_is_attempted_where_the_forward_address_does_not_exist() -> None:
+    # The namespace has only 169.254.0.22: 169.254.0.21 is not an address here.
+    with NetNamespace(OTHER_IP) as ns, Daemon("-verbose") as daemon:
+        sandbox = _sdk(ns, daemon)
+        port = free_port()
+        _start_server(ns, sandbox, "127.0.0.1", port)
+        assert wait_until(
+            lambda: any(
+                f'"port":{port},' in line and "forward address is not assigned" in line
+                for line in daemon.output().splitlines()
+            ),
+            timeout=5.0,
+        ), daemon.output()
+        assert "About to start port forwarding" not in daemon.output()

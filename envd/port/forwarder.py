@@ -97,12 +97,40 @@ class ForwardTable:
             "Detected new opened port on localhost that is not forwarded",
             extra={"port": listener.port, "family": listener.family, "pid": listener.pid},
         )
+        if not self._address_available(forward):
+            forward.failed = True
+            return forward
         executable = self.socat_path or socat.find_socat()
         if executable is not None:
             self._start_socat(forward, executable)
         else:
             self._start_builtin(forward)
         return forward
+
+    def _address_available(self, forward: Forward) -> bool:
+        """Whether the forward address is this machine's; socat's bind would fail otherwise.
+
+        Outside a sandbox (tests, a debug container) the guest address does
+        not exist: checking first saves spawning a socat per listener that
+        exits at once with the same error.
+        """
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as probe:
+            try:
+                probe.bind((self.forward_ip, 0))
+            except OSError as e:
+                if e.errno != errno.EADDRNOTAVAIL:
+                    return True  # let the forward itself report anything else
+                log.error(
+                    "Failed to start port forwarding - the forward address is not assigned here",
+                    extra={
+                        "pid": forward.listener_pid,
+                        "port": forward.port,
+                        "sourceIP": self.forward_ip,
+                        "error": str(e),
+                    },
+                )
+                return False
+        return True
 
     def _start_socat(self, forward: Forward, executable: str) -> None:
         argv = socat.socat_argv(forward.port, forward.family, self.forward_ip)
