@@ -171,9 +171,9 @@ def scan_cost(n: int = 1000, seconds: float = 5.0) -> None:
             s.bind(("127.0.0.1", 0))
             s.listen()
             socks.append(s)
-        scanner = Scanner()
         for name, fn in (
-            ("envd.port.scan", scanner.scan),
+            ("envd (sock_diag)", Scanner().scan),
+            ("envd (/proc/net/tcp)", Scanner(netlink=False).scan),
             ("psutil.net_connections", lambda: psutil.net_connections("tcp")),
         ):
             fn()

@@ -58,6 +58,22 @@ def test_scanner_finds_our_listeners_with_owner_and_family() -> None:
         assert li.key == f"{os.getpid()}-{li.port}"
 
 
+def test_sock_diag_and_proc_tables_agree() -> None:
+    with (
+        socket.create_server(("127.0.0.1", 0)) as v4,
+        socket.create_server(("::1", 0), family=socket.AF_INET6) as v6,
+    ):
+        netlink = Scanner()
+        by_netlink = {(li.port, li.family, li.pid) for li in netlink.scan()}
+        by_proc = {(li.port, li.family, li.pid) for li in Scanner(netlink=False).scan()}
+        assert netlink._netlink, "sock_diag refused: the scanner fell back to /proc"
+        assert (v4.getsockname()[1], 4, os.getpid()) in by_netlink
+        assert (v6.getsockname()[1], 6, os.getpid()) in by_netlink
+        # Other processes may open or close listeners between the two scans.
+        ours = {entry for entry in by_netlink | by_proc if entry[2] == os.getpid()}
+        assert {e for e in by_netlink if e in ours} == {e for e in by_proc if e in ours}
+
+
 @pytest.fixture
 def netns() -> Iterator[NetNamespace]:
     with NetNamespace() as ns:
