@@ -15,6 +15,7 @@ MODULES = [
     "bench.files_http",
     "bench.init_storm",
     "bench.upgrade",
+    "bench.port_forward",
 ]
 
 if __name__ == "__main__":

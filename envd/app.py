@@ -37,7 +37,7 @@ from envd.services.filesystem.legacy import LegacyInterceptor
 from envd.services.filesystem.service import FilesystemService
 from envd.services.process.backlog import Retention
 from envd.services.process.service import ProcessService
-from envd.upgrade.forwards import adopt_forwards, export_forwards
+from envd.upgrade.forwards import ForwardCarrier
 from envd.upgrade.freezer import HandoverFreezer
 from envd.upgrade.incoming import resume
 from envd.upgrade.outgoing import Upgrader
@@ -83,8 +83,9 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # The cgroup manager, once wired, passes its `socats` directory here.
         table = ForwardTable(asyncio.get_running_loop(), forward_ip=config.forward_ip)
-        upgrader.forwards = lambda: export_forwards(table)
-        upgrader.restore_forwards = lambda carried: adopt_forwards(table, carried)
+        carrier = ForwardCarrier(table)
+        upgrader.forwards = carrier.export
+        upgrader.restore_forwards = lambda _carried: carrier.restore()
         if config.resume_handover:
             # Before the first connection is accepted, with the workload still frozen,
             # and before the first port scan (no duplicate socat for a carried forward).
@@ -95,7 +96,7 @@ def create_app(
                 control,
                 handover_freezer,
                 control.handover,
-                lambda carried: adopt_forwards(table, carried),
+                carrier.adopt,
             )
         control.start()
         forwarder = PortForwarder(table)

@@ -56,13 +56,15 @@ class Forward:
     # the key is not retried while it persists.
     failed: bool = False
 
-    def record(self) -> ForwardRecord | None:
+    def hand_over(self) -> ForwardRecord | None:
+        """Stop watching the running forward without stopping it; None if none runs."""
         if self.socat is not None and not self.socat.exited:
+            self.socat.detach()
             return ForwardRecord(
-                self.key, self.port, self.family, self.listener_pid, self.socat.pid
+                self.key, self.port, self.family, self.listener_pid, socat_pid=self.socat.pid
             )
         if self.builtin is not None and not self.builtin.closed:
-            fd = self.builtin.listener.fileno()
+            fd = self.builtin.detach()
             return ForwardRecord(self.key, self.port, self.family, self.listener_pid, listen_fd=fd)
         return None
 
@@ -95,12 +97,40 @@ class ForwardTable:
             "Detected new opened port on localhost that is not forwarded",
             extra={"port": listener.port, "family": listener.family, "pid": listener.pid},
         )
+        if not self._address_available(forward):
+            forward.failed = True
+            return forward
         executable = self.socat_path or socat.find_socat()
         if executable is not None:
             self._start_socat(forward, executable)
         else:
             self._start_builtin(forward)
         return forward
+
+    def _address_available(self, forward: Forward) -> bool:
+        """Whether the forward address is this machine's; socat's bind would fail otherwise.
+
+        Outside a sandbox (tests, a debug container) the guest address does
+        not exist: checking first saves spawning a socat per listener that
+        exits at once with the same error.
+        """
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as probe:
+            try:
+                probe.bind((self.forward_ip, 0))
+            except OSError as e:
+                if e.errno != errno.EADDRNOTAVAIL:
+                    return True  # let the forward itself report anything else
+                log.error(
+                    "Failed to start port forwarding - the forward address is not assigned here",
+                    extra={
+                        "pid": forward.listener_pid,
+                        "port": forward.port,
+                        "sourceIP": self.forward_ip,
+                        "error": str(e),
+                    },
+                )
+                return False
+        return True
 
     def _start_socat(self, forward: Forward, executable: str) -> None:
         argv = socat.socat_argv(forward.port, forward.family, self.forward_ip)
@@ -166,14 +196,14 @@ class ForwardTable:
     # --- live upgrade ------------------------------------------------------
 
     def export(self) -> list[ForwardRecord]:
-        """The running forwards; the caller keeps socats and listener fds alive across exec."""
-        records = [r for f in self.forwards.values() if (r := f.record()) is not None]
-        for forward in self.forwards.values():
-            if forward.socat is not None:
-                forward.socat.detach()
-            if forward.builtin is not None:
-                # Its fd must survive the execve; relayed connections do not.
-                forward.builtin.listener.set_inheritable(True)
+        """Hand every running forward over, for the next envd after a same-pid execve.
+
+        socats keep running (still our children after the exec); built-in
+        listeners stay open as inheritable fds, while their relayed connections
+        are closed. The table is empty afterwards: call it last, just before exec.
+        """
+        records = [r for f in self.forwards.values() if (r := f.hand_over()) is not None]
+        self.forwards.clear()
         return records
 
     def adopt(self, records: list[ForwardRecord]) -> int:

@@ -36,6 +36,7 @@ BUFFER_SIZE = 256 << 10
 CLOSE_TIMEOUT_S = 0.5  # socat's default -t
 LISTEN_BACKLOG = 128  # socat's listen default is 5; dev servers see bursts
 ACCEPTS_PER_WAKEUP = 32
+ROUNDS_PER_WAKEUP = 4
 
 _TARGET = {4: (socket.AF_INET, "127.0.0.1"), 6: (socket.AF_INET6, "::1")}
 _UNSPLICEABLE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
@@ -130,9 +131,15 @@ class _Direction:
 
     def _on_readable(self) -> None:
         try:
-            self._fill()
-            if self.pending:
-                self._drain()
+            # A few rounds per wake-up: with bulk data the next splice usually
+            # has something to move, and that saves an epoll round trip.
+            for _ in range(ROUNDS_PER_WAKEUP):
+                moved = self._fill()
+                if self.pending:
+                    self._drain()
+                # Stop when src is dry or ended, or dst or the pipe is full.
+                if not moved or self.eof or self.pipe_full or self.pending:
+                    break
         except OSError as e:
             self.conn.fail(e)
             return
@@ -156,7 +163,8 @@ class _Direction:
             return
         self._update()
 
-    def _fill(self) -> None:
+    def _fill(self) -> int:
+        """Take what src has (up to the free room); returns the byte count."""
         if self._pipe is not None:
             try:
                 n = os.splice(
@@ -169,25 +177,25 @@ class _Direction:
                 # Readable socket, no room: the pipe's slots are full of small
                 # segments. Resume after the next drain (pending > 0 then).
                 self.pipe_full = self.pending > 0
-                return
+                return 0
             except OSError as e:
                 if e.errno not in _UNSPLICEABLE or self.pending:
                     raise
                 self._close_pipe()
                 self.conn.splice = False
                 self._use_buffer()
-                self._fill()
-                return
+                return self._fill()
         else:
             assert self._buffer is not None
             try:
                 n = self.src.recv_into(self._buffer)
             except BlockingIOError:
-                return
+                return 0
             self._offset = 0
         if n == 0:
             self.eof = True
         self.pending += n
+        return n
 
     def _drain(self) -> None:
         while self.pending:
@@ -374,6 +382,19 @@ class BuiltinForward:
     def _closed(self, conn: _Connection) -> None:
         self.connections.discard(conn)
         self.slots.give()
+
+    def detach(self) -> int:
+        """Hand the listening socket over (live upgrade): returns its fd, left open and
+        inheritable across exec. Relayed connections are closed; the next envd
+        accepts new ones on the same socket, so no connect is refused meanwhile."""
+        self._pause_accepting()
+        self.closed = True
+        self.slots.forget(self)
+        for conn in list(self.connections):
+            conn.close()
+        fd = self.listener.detach()
+        os.set_inheritable(fd, True)
+        return fd
 
     def close(self) -> None:
         """Stop listening and close every relayed connection (both sides)."""

@@ -1,11 +1,11 @@
-"""Which processes listen on loopback TCP: `/proc/net/tcp{,6}` and the owners' fds.
+"""Which processes listen on loopback TCP: the kernel's listeners and the owners' fds.
 
 Upstream lists every TCP socket with gopsutil each second, which walks every
-fd of every process to find owners. psutil does the same and costs ~30 ms of
-CPU per scan with 1 000 sockets. We read the two socket tables (the kernel
-filters nothing there, but the text is cheap to skim for the few lines that
-matter) and walk `/proc/<pid>/fd` only when a listening inode appears that we
-have not seen; an inode's owner is remembered while the owner lives.
+fd of every process to find owners. psutil does the same and costs ~30-50 ms
+of CPU per scan with 1 000 sockets. We ask sock_diag for LISTEN sockets only
+(`sockdiag.py`; `/proc/net/tcp{,6}` where the kernel lacks it) and walk
+`/proc/<pid>/fd` only when a listening inode appears that we have not seen;
+an inode's owner is remembered while the owner lives.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import re
 import socket
 import struct
 from dataclasses import dataclass
+
+from envd.port import sockdiag
 
 TCP_LISTEN = "0A"
 
@@ -33,6 +35,10 @@ def _proc_hex_v6(address: str) -> str:
 
 # Upstream's filter: 127.0.0.1 and ::1 exactly ("localhost" never matches a
 # number). Wildcard and other addresses are reachable without a forward.
+_LOOPBACK = {
+    socket.AF_INET: (4, socket.inet_pton(socket.AF_INET, "127.0.0.1") + bytes(12)),
+    socket.AF_INET6: (6, socket.inet_pton(socket.AF_INET6, "::1")),
+}
 _TABLES = (
     ("net/tcp", 4, _proc_hex_v4("127.0.0.1")),
     ("net/tcp6", 6, _proc_hex_v6("::1")),
@@ -112,18 +118,40 @@ def socket_owners(inodes: set[int], proc: str = "/proc") -> dict[int, int]:
 class Scanner:
     """One scan per call; remembers owners between calls. Runs off the event loop."""
 
-    def __init__(self, proc: str = "/proc") -> None:
+    def __init__(self, proc: str = "/proc", *, netlink: bool = True) -> None:
         self._proc = proc
+        self._netlink = netlink
         self._owners: dict[int, int] = {}  # inode → pid (0: none found)
 
     def _alive(self, pid: int) -> bool:
         return pid == 0 or os.path.exists(f"{self._proc}/{pid}")
 
-    def scan(self) -> list[Listener]:
-        raw: list[tuple[int, int, int]] = []  # port, family, inode
+    def _from_netlink(self) -> list[tuple[int, int, int]] | None:
+        raw: list[tuple[int, int, int]] = []
+        try:
+            for af, (family, loopback) in _LOOPBACK.items():
+                raw.extend(
+                    (port, family, inode)
+                    for port, source, inode in sockdiag.listening(af)
+                    if source == loopback
+                )
+        except OSError:
+            # No CONFIG_INET_DIAG (or no IPv6 diag module): /proc from now on.
+            self._netlink = False
+            return None
+        return raw
+
+    def _from_proc(self) -> list[tuple[int, int, int]]:
+        raw: list[tuple[int, int, int]] = []
         for name, family, loopback in _TABLES:
             table = _read(f"{self._proc}/{name}")
             raw.extend((port, family, inode) for port, inode in parse_table(table, loopback))
+        return raw
+
+    def scan(self) -> list[Listener]:
+        raw = self._from_netlink() if self._netlink else None
+        if raw is None:
+            raw = self._from_proc()  # port, family, inode
         current = {inode for _, _, inode in raw}
         # Forget closed sockets; re-resolve those whose owner exited (a server
         # that forked and let its parent go has a new owner, hence a new key).

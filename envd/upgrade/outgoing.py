@@ -25,6 +25,7 @@ from envd.gen.process import process_pb2
 from envd.gen.upgrade import handover_pb2 as hpb
 from envd.host.freezer import HANDOVER_MAX_WAIT_S
 from envd.services.filesystem.service import FilesystemService
+from envd.services.process import spawners
 from envd.services.process.handler import ProcessHandle
 from envd.services.process.plan import go_errno_text
 from envd.services.process.service import ProcessService
@@ -169,6 +170,10 @@ class Upgrader:
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
+        # The fork server is our child and would outlive the image as a zombie that
+        # the next one (maybe upstream's) never reaps: let it go now. Should the
+        # execve fail, children are started by the Popen fallback from here on.
+        spawners.stop_fork_server()
         try:
             os.execve(program, argv, dict(os.environ))
         except OSError as e:
