@@ -147,18 +147,17 @@ async def resume(  # noqa: PLR0917  # the daemon's parts, each used once
     path = blob_path(config)
     try:
         blob = await asyncio.to_thread(_read, path)
-    except FileNotFoundError:
-        await thaw()
-        return result
-    except OSError as e:
-        print(f"resume-from-handover failed: read handover: {e}", file=sys.stderr)
-        result.failed = True
-        await thaw()
-        return result
-    try:
         state = schema.decode(blob)
-    except schema.HandoverError as e:
-        print(f"resume-from-handover failed: {e}", file=sys.stderr)
+    except FileNotFoundError:
+        # Nothing was handed over (upstream also reports zeros then).
+        backlogs.remove(config.run_dir)
+        await thaw()
+        return result
+    except (OSError, schema.HandoverError) as e:
+        # No old image to fall back to: report it, and never leave the workload frozen.
+        text = f"read handover: {e}" if isinstance(e, OSError) else str(e)
+        print(f"resume-from-handover failed: {text}", file=sys.stderr)
+        backlogs.remove(config.run_dir)
         result.failed = True
         await thaw()
         return result

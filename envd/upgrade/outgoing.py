@@ -15,8 +15,9 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from envd import ENVD_VERSION
 from envd.api.store import ControlPlane
@@ -31,6 +32,9 @@ from envd.services.process.plan import go_errno_text
 from envd.services.process.service import ProcessService
 from envd.upgrade import backlogs, fds, schema
 from envd.upgrade.freezer import FreezeError, HandoverFreezer
+
+if TYPE_CHECKING:
+    from envd.services.filesystem.watch import Watcher
 
 log = logging.getLogger("envd.upgrade")
 
@@ -125,13 +129,13 @@ class Upgrader:
                 await self.freezer.thaw_locked()
             raise error
 
-    async def _settle(self, handles: list[ProcessHandle], watchers: Iterable[object]) -> None:
+    async def _settle(self, handles: list[ProcessHandle], watchers: list[Watcher]) -> None:
         """Let what was already read reach its subscribers, and watchers finish their batch."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + FLUSH_BUDGET_S
         while loop.time() < deadline:
             queued = any(s.queued for h in handles for s in h.fanout.subscribers)
-            busy = any(not w.idle for w in watchers)  # type: ignore[attr-defined]
+            busy = any(not w.idle for w in watchers)
             if not queued and not busy:
                 break
             await asyncio.sleep(0.005)
