@@ -80,7 +80,9 @@ def main(rounds: int, procs: int) -> None:
                 raise RuntimeError(f"{live} of {len(streams)} processes after the upgrades")
         finally:
             for s in streams:
-                unary(busy.url, "SendSignal", {"process": {"pid": s.pid}, "signal": 1})
+                kill = {"process": {"pid": s.pid}, "signal": "SIGNAL_SIGKILL"}
+                if unary(busy.url, "SendSignal", kill).status_code != 200:
+                    raise RuntimeError(f"could not kill {s.pid}")
             idle.stop()
             busy.stop()
         cold_p50 = summary("cold start (spawn → /health 204)", cold)["p50_ms"]

@@ -226,12 +226,20 @@ def test_chained_upgrade_keeps_processes(tmp_path: Path) -> None:
 # --- failure paths: the old daemon keeps serving, its workload thawed -------------------
 
 
-def _still_serving(daemon: ControlDaemon, s: Stream, pid0: int) -> None:
+def _still_serving(daemon: ControlDaemon, s: Stream, pid0: int, *, kill: bool = True) -> None:
+    """The old daemon answers and still has `s`; then `s` is killed (no orphan outlives us)."""
     assert daemon.pid == pid0
     assert "--resume-handover" not in cmdline(pid0)
     listed = unary(daemon.url, "List", {}).json()["processes"]
     assert s.pid in [p["pid"] for p in listed]
     assert not (daemon.run_dir / "envd-handover.pb").exists()
+    if kill:
+        _kill(daemon.url, s.pid)
+
+
+def _kill(url: str, pid: int) -> None:
+    r = unary(url, "SendSignal", {"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"})
+    assert r.status_code == 200, r.text
 
 
 def test_not_initialized(tmp_path: Path) -> None:
@@ -308,6 +316,7 @@ def test_freeze_failure(tmp_path: Path, cgroups: CgroupFs | None) -> None:
         assert decoy.read_text() == "0"  # the thaw ran
         assert not cgroups.frozen("ptys")
         _still_serving(daemon, s, daemon.pid)
+        _kill(daemon.url, shell.pid)
         s.close()
         shell.close()
 
@@ -339,7 +348,7 @@ def test_exec_failure_restores_everything(tmp_path: Path, cgroups: CgroupFs | No
         assert echo.wait_for(lambda x: x.end() is not None)
         assert echo.output() == b"still starts\n"
         echo.close()
-        _still_serving(daemon, writer, pid0)
+        _still_serving(daemon, writer, pid0, kill=False)
         assert not (tmp_path / "run" / "envd-handover.backlog.json").exists()
         # And a later upgrade still works.
         assert upgrade(daemon.url) is None
