@@ -14,6 +14,8 @@ MODULES = [
     "bench.filesystem_watch",
     "bench.files_http",
     "bench.init_storm",
+    "bench.upgrade",
+    "bench.port_forward",
 ]
 
 if __name__ == "__main__":

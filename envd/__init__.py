@@ -4,7 +4,7 @@
 # record `envd -version` and the platform gates features on it, so it only
 # goes up when the features that a version implies have landed
 # (see ../shared/spec/versions.md and docs/compatibility.md).
-ENVD_VERSION = "0.6.2"
+ENVD_VERSION = "0.6.13"
 
 # Our own package version; pyproject.toml reads it from here (one source of truth).
 __version__ = "0.1.0"

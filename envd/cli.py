@@ -9,6 +9,7 @@ its trimmed output, so that line must stay exactly the upstream version.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,16 +42,37 @@ FLAGS: tuple[Flag, ...] = (
     Flag("verbose", bool, False, "log to stdout as well"),
     Flag("no-cgroups", bool, False, "disable cgroups"),
     Flag("cgroup-root", str, "/sys/fs/cgroup", "cgroup root directory"),
+    Flag(
+        "resume-handover",
+        bool,
+        False,
+        "internal: re-adopt processes from the live-upgrade handover blob"
+        " (set by the outgoing envd)",
+    ),
     # Ours, for tests and local runs: upstream hard-codes these.
+    Flag(
+        "thaw-watchdog-ms",
+        int,
+        600_000,
+        "thaw the workload by itself when no thaw follows a /freeze within this time",
+    ),
+    Flag("fsfreeze-mount", str, "/", "mount point that /fsfreeze and /fsthaw act on"),
     Flag("mmds-address", str, "169.254.169.254:80", "metadata service host:port"),
     Flag("run-dir", str, "/run/e2b", "directory for the sandbox metadata files"),
     Flag("hosts-file", str, "/etc/hosts", "hosts file that /init hyperloopIP updates"),
+    Flag("upgrade-bin", str, "/usr/bin/envd.next", "where POST /upgrade writes a new binary"),
     Flag("ca-bundle", str, "/etc/ssl/certs/ca-certificates.crt", "system CA bundle"),
     Flag(
         "ca-extra",
         str,
         "/usr/local/share/ca-certificates/e2b-ca.crt",
         "where the installed CA is kept for update-ca-certificates",
+    ),
+    Flag(
+        "forward-ip",
+        str,
+        "169.254.0.21",
+        "IPv4 address on which loopback listeners are made reachable",
     ),
     # Beyond upstream: the SDKs in debug mode never call /init, so a container
     # needs another way to say who runs commands by default, and where.
@@ -152,12 +174,19 @@ def config_from_flags(
         raise UsageError(f"default user {user!r} does not exist in /etc/passwd")
     if workdir is not None and not workdir.startswith("/"):
         raise UsageError(f"default workdir {workdir!r} is not an absolute path")
+    forward_ip = str(values["forward-ip"])
+    try:
+        socket.inet_pton(socket.AF_INET, forward_ip)
+    except OSError:
+        raise UsageError(f"forward ip {forward_ip!r} is not an IPv4 address") from None
     return Config(
         port=int(values["port"]),
         is_not_fc=bool(values["isnotfc"]),
         verbose=bool(values["verbose"]),
         no_cgroups=bool(values["no-cgroups"]),
         cgroup_root=str(values["cgroup-root"]),
+        thaw_watchdog_s=int(values["thaw-watchdog-ms"]) / 1000,
+        fsfreeze_mount=str(values["fsfreeze-mount"]),
         mmds_address=str(values["mmds-address"]),
         run_dir=str(values["run-dir"]),
         hosts_path=str(values["hosts-file"]),
@@ -165,8 +194,11 @@ def config_from_flags(
         ca_extra_path=str(values["ca-extra"]),
         default_user=user or "root",
         default_workdir=workdir,
+        upgrade_bin=str(values["upgrade-bin"]),
+        resume_handover=bool(values["resume-handover"]),
         output_buffer_stream=int(values["output-buffer-stream"]),
         output_buffer_total=int(values["output-buffer-total"]),
+        forward_ip=forward_ip,
     )
 
 
@@ -195,6 +227,10 @@ def main(
     # and as PID 1 the serving process is a child of a reaper (envd/boot/).
     restore_environment()
     split_if_pid1()
+    # While this process is still small: the fork server every child comes from.
+    from envd.services.process import forkserver  # noqa: PLC0415
+
+    forkserver.start()
     if serve is None:
         from envd.server import serve as serve_config  # noqa: PLC0415  # keep `-version` fast
 

@@ -16,6 +16,9 @@ class Config:
     verbose: bool = False
     no_cgroups: bool = False
     cgroup_root: str = "/sys/fs/cgroup"
+    # Ours, for tests: upstream hard-codes both (10 minutes; the rootfs at `/`).
+    thaw_watchdog_s: float = 600.0
+    fsfreeze_mount: str = "/"
     run_dir: str = "/run/e2b"
     # host:port of Firecracker's metadata service; tests point it at a fake.
     mmds_address: str = "169.254.169.254:80"
@@ -26,6 +29,12 @@ class Config:
     # Initial defaults for requests without a user/workdir (beyond upstream: -default-user).
     default_user: str = "root"
     default_workdir: str | None = None
+    # Live upgrade: where a posted binary is written (upstream: fixed), and
+    # whether this start takes over from a handover blob.
+    upgrade_bin: str = "/usr/bin/envd.next"
+    resume_handover: bool = False
     # Unread output kept for the next Connect (services/process/backlog.py).
     output_buffer_stream: int = 1 << 20
     output_buffer_total: int = 64 << 20
+    # Where loopback listeners are forwarded to (upstream hard-codes 169.254.0.21).
+    forward_ip: str = "169.254.0.21"

@@ -16,7 +16,13 @@ import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTOS = ["process/process.proto", "filesystem/filesystem.proto", "legacy/filesystem.proto"]
+PROTOS = [
+    "process/process.proto",
+    "filesystem/filesystem.proto",
+    "legacy/filesystem.proto",
+    "upgrade/handover.proto",
+]
+OWN_PACKAGES = sorted({name.split("/")[0] for name in PROTOS})
 PACKAGE_INIT = '"""Generated code: run `make generate`, never edit by hand."""\n'
 
 
@@ -43,6 +49,15 @@ def generate(out: Path) -> None:
         check=True,
         cwd=ROOT,
     )
+    # protoc writes imports between our own files as top-level packages
+    # (`from process import process_pb2`); they live under envd.gen.
+    for path in out.rglob("*_pb2.py*"):
+        text = path.read_text()
+        for package in OWN_PACKAGES:
+            text = text.replace(f"\nfrom {package} import ", f"\nfrom envd.gen.{package} import ")
+            if text.startswith(f"from {package} import "):
+                text = f"from envd.gen.{package} import " + text[len(f"from {package} import ") :]
+        path.write_text(text)
     # The generated *_connect.py import their *_pb2 relatively, so every
     # output folder must be a package.
     for folder in [out, *(p for p in out.rglob("*") if p.is_dir())]:

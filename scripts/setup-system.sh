@@ -1,7 +1,8 @@
 #!/bin/sh
 # Prepares the machine for the test suite: the `user` account with home
-# /home/user that the E2B SDKs assume, plus bash and python3, and chromium and
-# Node.js (>= 20, for the e2b JS SDK) for tests/test_browser.py. Idempotent; as
+# /home/user that the E2B SDKs assume, plus bash and python3, chromium and
+# Node.js (>= 20, for the e2b JS SDK) for tests/test_browser.py, and socat and
+# iproute2 for the port-forwarding tests (tests/test_ports.py). Idempotent; as
 # a non-root user it only reports what is missing.
 set -eu
 
@@ -13,6 +14,8 @@ command -v nice >/dev/null 2>&1 || missing="$missing coreutils"
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 command -v node >/dev/null 2>&1 || missing="$missing nodejs"
 command -v npm >/dev/null 2>&1 || missing="$missing npm"
+command -v socat >/dev/null 2>&1 || missing="$missing socat"
+command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
 
 if [ "$(id -u)" != 0 ]; then
     [ -z "$missing" ] || echo "setup-system: missing packages:$missing (run as root to install)" >&2

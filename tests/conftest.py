@@ -8,6 +8,9 @@ from e2b import AsyncSandbox, Sandbox
 
 from tests.daemon import Daemon
 
+# Fixtures for root-only tests: a private cgroup v2 tree, a loop-mounted file system.
+pytest_plugins = ["tests.cgroupfs", "tests.loopfs"]
+
 
 @pytest.fixture(scope="session")
 def envd() -> Iterator[Daemon]:

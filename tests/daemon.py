@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Self
 
@@ -52,12 +52,22 @@ def free_port() -> int:
 
 
 class Daemon:
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, prefix: Sequence[str] = ()
+    ) -> None:
         self.port = free_port()
         # A dead loopback MMDS address: envd re-reads MMDS after every /init,
         # and test traffic must never go to the real 169.254.169.254.
         self.args = ["-port", str(self.port), "-isnotfc", "-mmds-address", "127.0.0.1:9", *args]
+        # Never the machine's own cgroups or root file system: a test that wants
+        # them gives a private tree (tests/cgroupfs.py) or a loop mount explicitly.
+        if "-cgroup-root" not in args and "-no-cgroups" not in args:
+            self.args.append("-no-cgroups")
+        if "-fsfreeze-mount" not in args:
+            self.args += ["-fsfreeze-mount", "/nonexistent/envd-test-fsfreeze"]
         self.env = {**os.environ, **(env or {})}
+        # A command that execs the daemon (e.g. `unshare --mount ...`): same pid.
+        self.prefix = list(prefix)
         fd, self.log_path = tempfile.mkstemp(prefix="envd-", suffix=".log")
         self.log = os.fdopen(fd, "wb")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -73,7 +83,7 @@ class Daemon:
 
     def start(self, timeout: float = 15.0) -> Self:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "envd", *self.args],
+            [*self.prefix, sys.executable, "-m", "envd", *self.args],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env=self.env,
@@ -86,6 +96,8 @@ class Daemon:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
         assert self.proc is not None
+        if self.log.closed:  # stopped already
+            return self.proc.returncode
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:

@@ -29,7 +29,9 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     # The ASGI chain around every route: request state, CORS, token gate, Basic auth.
     ("middleware", frozenset({"middleware"})),
     # Built on the services: live upgrade hands them over, port forwarding.
-    ("features", frozenset({"upgrade", "port"})),
+    ("upgrade", frozenset({"upgrade"})),
+    # Port forwarding; the upgrade carries its forwards.
+    ("forwarding", frozenset({"port"})),
     # The two surfaces: plain HTTP routes (incl. /files) and the Connect services.
     ("surfaces", frozenset({"api", "services.process", "services.filesystem"})),
     # Connect plumbing: codecs, headers, errors, the per-request state.

@@ -13,7 +13,7 @@ from connectrpc.errors import ConnectError
 from envd.execcontext import ExecContext
 from envd.permissions.users import User
 from envd.rpc.headers import keepalive_interval
-from envd.services.process import fanout, launch
+from envd.services.process import fanout, launch, plan
 from envd.services.process.status import ExitStatus, from_wait_status
 
 
@@ -72,13 +72,13 @@ def test_env_precedence() -> None:
     assert as_dict["HOME"] == "/init-home"
     assert as_dict["USER"] == as_dict["LOGNAME"] == "alice"
     assert as_dict["E"] == "1"
-    assert as_dict["PATH"] == launch.ENVD_PATH
+    assert as_dict["PATH"] == plan.ENVD_PATH
     # A key containing '=' yields the same entry Go would pass.
     assert "K=X=v" in env
 
 
 def test_wrapper_argv() -> None:
-    argv = launch.wrapper_argv("/bin/echo", ["a b", "c"])
+    argv = plan.wrapper_argv("/bin/echo", ["a b", "c"])
     assert argv[:2] == ["/bin/sh", "-c"]
     assert argv[2].startswith("echo 100 > /proc/$$/oom_score_adj && exec ")
     assert argv[2].endswith('"${@}"')

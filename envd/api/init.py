@@ -19,11 +19,12 @@ from starlette.responses import Response
 
 from envd import ENVD_VERSION, httpclient
 from envd.api.init_request import InitBodyError, InitRequest, parse_init_body
-from envd.api.responses import json_error
+from envd.api.responses import go_json, json_error
 from envd.api.store import ControlPlane
 from envd.asgi import Receive
 from envd.host import clock
 from envd.host.cacerts import CAInstallError, CAInstallInProgress
+from envd.host.freezer import WorkloadFreezer
 from envd.host.hosts import rewrite_hosts_file
 from envd.host.mmds import MMDSError
 from envd.host.nfs import NFSError
@@ -57,6 +58,13 @@ def _answer(status: int, body: str = "", **headers: str) -> Response:
 
 async def post_init(request: Request) -> Response:
     cp: ControlPlane = request.app.state.control
+    response = await _post_init(request, cp)
+    if cp.handover.result is not None:
+        response.headers["X-Envd-Handover"] = cp.handover.result.header()
+    return response
+
+
+async def _post_init(request: Request, cp: ControlPlane) -> Response:
     op = operation_id()
     try:
         body = await _read_body(request)
@@ -81,22 +89,49 @@ async def post_init(request: Request) -> Response:
             if denied is not None:
                 log.error("init: %s", denied, extra={"operation_id": op})
                 return _answer(401, denied)
-            ts = data.timestamp_ns
-            if ts is None or cp.last_set_time is None or ts >= cp.last_set_time:
-                if ts is not None:
-                    cp.last_set_time = ts
-                try:
-                    await apply_settings(cp, data, gone, op)
-                except SettingsError as e:
-                    log.error("failed to set data: %s", e, extra={"operation_id": op})
-                    return _answer(e.status, str(e))
-            cp.initialized = True
+            freezer: WorkloadFreezer = request.app.state.freezer
+            audit = await _audit_header(freezer)
+            try:
+                ts = data.timestamp_ns
+                if ts is None or cp.last_set_time is None or ts >= cp.last_set_time:
+                    if ts is not None:
+                        cp.last_set_time = ts
+                    try:
+                        await apply_settings(cp, data, gone, op)
+                    except SettingsError as e:
+                        log.error("failed to set data: %s", e, extra={"operation_id": op})
+                        return _answer(e.status, str(e), **audit)
+                cp.initialized = True
+            finally:
+                # The resume thaw, on success and failure, before the answer leaves.
+                await _thaw(freezer, op)
+                # After a live upgrade: the carried timeouts start now.
+                await cp.handover.thaw_now()
         finally:
             cp.init_lock.release()
     finally:
         watcher.cancel()
     cp.poller.start(REFRESH_BUDGET_S)
-    return _answer(204, **{"Cache-Control": "no-store"})
+    return _answer(204, **{"Cache-Control": "no-store"}, **audit)
+
+
+async def _audit_header(freezer: WorkloadFreezer) -> dict[str, str]:
+    """`X-Envd-Freeze-Audit` after a hierarchy freeze (http-api.md §5.2 step 5)."""
+    res = await freezer.audit()
+    if res is None:
+        return {}
+    if res.truncated:
+        log.warning("freeze audit hit its bound; counts are floors")
+    return {"X-Envd-Freeze-Audit": go_json(res.header()).decode()}
+
+
+async def _thaw(freezer: WorkloadFreezer, op: str) -> None:
+    # Shielded: a client that gives up must not leave the workload frozen.
+    res = await asyncio.shield(freezer.thaw())
+    if res.errors:
+        log.warning(
+            "unfreeze workload cgroups: %s", "; ".join(res.errors), extra={"operation_id": op}
+        )
 
 
 async def _read_body(request: Request) -> bytes | None:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from envd.api.handover import HandoverStatus
 from envd.api.token import AccessToken
 from envd.config import Config
 from envd.execcontext import ExecContext
@@ -33,6 +34,8 @@ class ControlPlane:
     initialized: bool = False
     cpu: CPUSampler = field(default_factory=CPUSampler)
     nfs: NFSMounter = field(default_factory=NFSMounter)
+    # Set when this daemon resumed from a live upgrade (X-Envd-Handover, lockdown).
+    handover: HandoverStatus = field(default_factory=HandoverStatus)
     set_system_time: Callable[[int], None] = clock.set_system_time
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 

@@ -112,6 +112,36 @@ class FilesystemService(Filesystem):
             watcher.close()
         self._streams.clear()
 
+    # -- live upgrade --
+
+    def polled_watchers(self) -> dict[str, PolledWatcher]:
+        return self._polled
+
+    async def adopt_watcher(
+        self,
+        watcher_id: str,
+        path: str,
+        *,
+        recursive: bool,
+        include_entry: bool,
+        events: list[FilesystemEvent],
+    ) -> None:
+        """Re-arm a polling watcher handed over by the previous daemon, under its id."""
+        from envd.services.filesystem.watch import Watcher  # noqa: PLC0415
+
+        polled = PolledWatcher()
+        polled.events = list(events)
+        # Network mounts were allowed or refused when the watcher was created.
+        polled.watcher = await Watcher.open(
+            path,
+            recursive=recursive,
+            include_entry=include_entry,
+            allow_network_mounts=True,
+            sink=polled.add,
+            on_error=polled.fail,
+        )
+        self._polled[watcher_id] = polled
+
     # -- request plumbing --
 
     def _user(self) -> User:

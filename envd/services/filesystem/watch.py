@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import select
 import stat
 import threading
 from collections.abc import Awaitable, Callable
@@ -243,6 +244,23 @@ class Watcher:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def idle(self) -> bool:
+        """Nothing read but not yet turned into events, and nothing left to read."""
+        if self._busy or self._pending or self._wakeup.is_set():
+            return False
+        if self._closed or not self._reading:
+            return True
+        return not select.select([self.fd], [], [], 0)[0]
+
+    def hold(self) -> None:
+        """Stop reading (a live upgrade re-arms the watch in the next daemon)."""
+        self._stop_reading()
+
+    def release(self) -> None:
+        if not self._closed:
+            self._start_reading()
 
     def close(self) -> None:
         """Stop reading and release the inotify instance (at once, or when a running batch ends)."""

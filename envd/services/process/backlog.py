@@ -176,6 +176,10 @@ class Backlog:
         self._retention._removed(len(piece.data), 1)
         piece.data = b""
 
+    def peek(self) -> list[tuple[str, bytes]]:
+        """Everything kept, in order, left in place (a live upgrade copies it)."""
+        return [(p.member, p.data) for p in self._pieces if p.alive]
+
     def take(self) -> list[tuple[str, bytes]]:
         """Everything kept, in the order it was written; the backlog is empty after."""
         out = [(p.member, p.data) for p in self._pieces if p.alive]

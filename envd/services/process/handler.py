@@ -1,4 +1,4 @@
-"""One running process: its spawn, output readers, input, signals, end and reaping.
+"""One running process, once `launch.start` has started it: output, input, signals, end, reaping.
 
 Everything runs on the event loop: output fds and the child's pidfd are
 watched with `loop.add_reader`, so there is no thread per process and a child
@@ -14,68 +14,37 @@ import fcntl
 import logging
 import os
 import signal
-import struct
 import termios
 from collections.abc import Callable
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
-from envd.execcontext import ExecContext
-from envd.fs.errors import errno_text as go_errno_text
 from envd.gen.process import process_pb2
-from envd.permissions.users import User
+from envd.host.cgroups import CommandCgroup, Manager, NoopManager
 from envd.services.process import launch
 from envd.services.process.fanout import Fanout
+from envd.services.process.plan import go_errno_text
 from envd.services.process.status import ExitStatus, from_wait_status
 
 # How streams end when the daemon stops (docs/compatibility.md).
 SHUTTING_DOWN = "envd is shutting down"
 log = logging.getLogger(__name__)
 
-# Upstream reads 32 KiB at a time; with a larger pipe we take up to 256 KiB
-# per read when that much is waiting, which cuts per-event cost for bulk
-# output (well under the 4 MiB Connect message limit).
+# Upstream reads 32 KiB at a time; with a larger pipe (launch.PIPE_SIZE) we
+# take up to 256 KiB per read when that much is waiting, which cuts per-event
+# cost for bulk output (well under the 4 MiB Connect message limit).
 PIPE_READ = 256 << 10
-PIPE_SIZE = 1 << 20
 PTY_READ = 16 << 10
 # After a kill, what is still buffered in a pipe is read once, up to this.
-FINAL_DRAIN = PIPE_SIZE
-
-F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+FINAL_DRAIN = launch.PIPE_SIZE
 
 OnEnd = Callable[["ProcessHandle", ExitStatus], None]
 
 
-def _nonblocking(fd: int) -> None:
-    os.set_blocking(fd, False)
-
-
-def _pipe() -> tuple[int, int]:
-    r, w = os.pipe2(os.O_CLOEXEC)
-    with contextlib.suppress(OSError):  # a smaller pipe only means smaller reads
-        fcntl.fcntl(r, F_SETPIPE_SZ, PIPE_SIZE)
-    return r, w
-
-
-# Spawn failures that go away once the sandbox has room again: resource_exhausted
-# (the SDKs' rate-limit error, so clients retry), as e2b-dev/infra#3503 proposes;
-# ENOSPC is what /dev/ptmx says when kernel.pty.max is used up.
-_EXHAUSTED = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE})
 # Input that cannot be delivered because of the process's state, not an envd
 # fault: failed_precondition, as e2b-dev/infra#3622/#3628 propose.
 _STDIN_GONE = frozenset({errno.EPIPE, errno.EBADF, errno.EIO})
-
-
-def _start_code(e: BaseException, *, pty: bool = False) -> Code:
-    cause = e.__cause__ if isinstance(e, launch.SpawnError) else e
-    if isinstance(cause, OSError) and (
-        cause.errno in _EXHAUSTED or (pty and cause.errno == errno.ENOSPC)
-    ):
-        return Code.RESOURCE_EXHAUSTED
-    if isinstance(cause, RuntimeError):  # no thread left for the spawn
-        return Code.RESOURCE_EXHAUSTED
-    return Code.INVALID_ARGUMENT
 
 
 def _input_code(e: OSError) -> Code:
@@ -87,32 +56,29 @@ def _write_error_text(e: OSError) -> str:
     return "file already closed" if e.errno == errno.EBADF else go_errno_text(e.errno or 0)
 
 
-def _winsize(rows: int, cols: int) -> bytes:
-    return struct.pack("HHHH", rows & 0xFFFF, cols & 0xFFFF, 0, 0)
-
-
 class ProcessHandle:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        pid: int,
-        pidfd: int,
+        child: launch.Child,
         *,
         config: process_pb2.ProcessConfig,
         tag: str | None,
-        outputs: dict[int, str],
-        master: int | None = None,
-        stdin: int | None = None,
+        cgroup: CommandCgroup | None = None,
+        cgroups: Manager | None = None,
     ) -> None:
         self.loop = loop
-        self.pid = pid
+        self.pid = child.pid
         self.config = config
         self.tag = tag
-        self.master = master
-        self.stdin = stdin
+        self.master = child.master
+        self.stdin = child.stdin
         self.on_end: OnEnd | None = None
-        self._pidfd = pidfd
-        self._reading = dict(outputs)  # fd → DataEvent member, until EOF
+        # The command's own cgroup: SIGKILL reaches all it started, also outside its group.
+        self.cgroup = cgroup
+        self._cgroups = cgroups or NoopManager()
+        self._pidfd = child.pidfd
+        self._reading = dict(child.outputs)  # fd → DataEvent member, until EOF
         self._exited = False
         self._abandon_output = False
         self.finished = False
@@ -137,6 +103,28 @@ class ProcessHandle:
         self._resume_reading()
         if kill_at is not None:
             self._kill_timer = self.loop.call_at(kill_at, self._on_timeout)
+
+    @property
+    def kill_at(self) -> float | None:
+        """When the lifetime ends (loop time), None when unlimited."""
+        return None if self._kill_timer is None else self._kill_timer.when()
+
+    def arm_timeout(self, kill_at: float) -> None:
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+        self._kill_timer = self.loop.call_at(kill_at, self._on_timeout)
+
+    def output_fds(self) -> dict[str, int]:
+        """The output descriptors still open, by DataEvent member."""
+        return {member: fd for fd, member in self._reading.items()}
+
+    def hold_output(self) -> None:
+        """Stop reading output (a live upgrade leaves the rest in the pipes)."""
+        self._pause_reading()
+
+    def release_output(self) -> None:
+        if not self.fanout.paused and not self.finished:
+            self._resume_reading()
 
     def _on_timeout(self) -> None:
         self._kill_timer = None
@@ -199,6 +187,7 @@ class ProcessHandle:
         except ChildProcessError:
             exit_status = ExitStatus(-1, False, "wait: no child processes")
         self._close_fds()
+        self._release_cgroup()
         self.fanout.finish(exit_status)
         if self.on_end is not None:
             self.on_end(self, exit_status)
@@ -236,6 +225,11 @@ class ProcessHandle:
             os.close(self._pidfd)
             self._pidfd = -1
 
+    def _release_cgroup(self) -> None:
+        if self.cgroup is not None:
+            self._cgroups.release(self.cgroup)
+            self.cgroup = None
+
     def close(self) -> None:
         """Daemon shutdown: let go of the child (it keeps running, as upstream)."""
         if self.finished:
@@ -265,13 +259,16 @@ class ProcessHandle:
             raise ConnectError(
                 Code.INTERNAL, f"error sending signal: {go_errno_text(e.errno or 0)}"
             ) from None
+        if signum == signal.SIGKILL and self.cgroup is not None:
+            # Beyond upstream: also what left the process group (setsid, daemons).
+            self.cgroup.kill()
         self._maybe_finish()
 
     def resize(self, rows: int, cols: int) -> None:
         if self.master is None:
             raise ConnectError(Code.INTERNAL, "error resizing tty: tty not assigned to process")
         try:
-            fcntl.ioctl(self.master, termios.TIOCSWINSZ, _winsize(rows, cols))
+            fcntl.ioctl(self.master, termios.TIOCSWINSZ, launch.winsize(rows, cols))
         except OSError as e:
             raise ConnectError(
                 Code.INTERNAL, f"error resizing tty: {go_errno_text(e.errno or 0)}"
@@ -329,12 +326,7 @@ class ProcessHandle:
     async def _writable(self, fd: int) -> None:
         waiter = self._write_waiter = self.loop.create_future()
         self._write_fd = fd
-
-        def ready() -> None:
-            if not waiter.done():
-                waiter.set_result(None)
-
-        self.loop.add_writer(fd, ready)
+        self.loop.add_writer(fd, _wake, waiter)
         try:
             await waiter
         finally:
@@ -371,177 +363,6 @@ class ProcessHandle:
             ) from None
 
 
-async def launch_process(
-    loop: asyncio.AbstractEventLoop,
-    request: process_pb2.StartRequest,
-    user: User,
-    exec_ctx: ExecContext,
-) -> ProcessHandle:
-    """Spawn the requested command; errors are the RPC errors upstream returns.
-
-    Nothing here blocks the event loop for long: non-terminal children are
-    started with posix_spawn (see `launch.posix_spawn_process`), the others
-    with Popen in a worker thread, because Popen forks the whole daemon and
-    waits until the child has exec'd (a burst of Starts otherwise held `/init`
-    up for hundreds of ms). Callers must not cancel this coroutine: the fds it
-    hands to the child are closed only once the spawn is over (see
-    `ProcessService.start`).
-    """
-    config = request.process
-    command = launch.user_command(config.cmd, config.args)
-    creds = launch.credentials(user)
-    cwd = launch.resolve_cwd(config.cwd, user, exec_ctx.default_workdir)
-    env = launch.build_env(user, exec_ctx, config.envs)
-    argv = launch.wrapper_argv(config.cmd, config.args)
-    tag = request.tag if request.HasField("tag") else None
-
-    if request.HasField("pty"):
-        cols, rows = request.pty.size.cols, request.pty.size.rows
-        try:
-            master, slave = os.openpty()
-        except OSError as e:
-            raise ConnectError(
-                _start_code(e, pty=True),
-                f"error starting pty with command '{command}' in dir '{cwd}'"
-                f" with '{cols}' cols and '{rows}' rows:"
-                f" open /dev/ptmx: {go_errno_text(e.errno or 0)}",
-            ) from None
-        try:
-            fcntl.ioctl(master, termios.TIOCSWINSZ, _winsize(rows, cols))
-            pid = await asyncio.to_thread(
-                launch.spawn,
-                argv,
-                env,
-                creds,
-                cwd,
-                launch.Stdio(slave, slave, slave),
-                terminal=True,
-            )
-        except (launch.SpawnError, OSError, RuntimeError) as e:
-            os.close(master)
-            raise ConnectError(
-                _start_code(e, pty=True),
-                f"error starting pty with command '{command}' in dir '{cwd}'"
-                f" with '{cols}' cols and '{rows}' rows: {e}",
-            ) from None
-        finally:
-            os.close(slave)
-        _nonblocking(master)
-        return _adopt(loop, pid, config, tag, {master: "pty"}, master=master)
-
-    parent_fds: list[int] = []
-    child_fds: list[int] = []
-    try:
-        try:
-            out_r, out_w = _pipe()
-            parent_fds.append(out_r)
-            child_fds.append(out_w)
-        except OSError as e:
-            raise _pipe_error("stdout", command, e) from None
-        try:
-            err_r, err_w = _pipe()
-            parent_fds.append(err_r)
-            child_fds.append(err_w)
-        except OSError as e:
-            raise _pipe_error("stderr", command, e) from None
-        stdin_w: int | None = None
-        if not request.HasField("stdin") or request.stdin:
-            try:
-                stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
-                parent_fds.append(stdin_w)
-                child_fds.append(stdin_r)
-            except OSError as e:
-                raise _pipe_error("stdin", command, e) from None
-        else:
-            stdin_r = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-            child_fds.append(stdin_r)
-        stdio = launch.Stdio(stdin_r, out_w, err_w)
-        try:
-            spawned = launch.posix_spawn_process([config.cmd, *config.args], env, creds, cwd, stdio)
-            if spawned is None:
-                pid = await asyncio.to_thread(
-                    launch.spawn, argv, env, creds, cwd, stdio, terminal=False
-                )
-            else:
-                pid = spawned.pid
-                failed = launch.read_report(await _read_to_end(loop, spawned.report))
-                if failed is not None:
-                    # The shell exits right after reporting.
-                    await asyncio.to_thread(os.waitpid, pid, 0)
-                    text = go_errno_text(failed)
-                    raise launch.SpawnError(f"fork/exec {launch.SHELL}: {text}")
-        except launch.SpawnError as e:
-            raise ConnectError(_start_code(e), f"error starting process '{command}': {e}") from None
-        except RuntimeError as e:  # the worker thread for Popen could not start
-            raise ConnectError(
-                Code.RESOURCE_EXHAUSTED,
-                f"error starting process '{command}': fork/exec {launch.SHELL}: {e}",
-            ) from None
-    except BaseException:
-        for fd in parent_fds:
-            os.close(fd)
-        raise
-    finally:
-        for fd in child_fds:
-            os.close(fd)
-    for fd in parent_fds:
-        _nonblocking(fd)
-    return _adopt(loop, pid, config, tag, {out_r: "stdout", err_r: "stderr"}, stdin=stdin_w)
-
-
-async def _read_to_end(loop: asyncio.AbstractEventLoop, fd: int) -> bytes:
-    """Everything written to a pipe until its writers close it; closes `fd`."""
-    done: asyncio.Future[None] = loop.create_future()
-    data = bytearray()
-
-    def readable() -> None:
-        try:
-            chunk = os.read(fd, 64)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        data.extend(chunk)
-        if not chunk and not done.done():
-            done.set_result(None)
-
-    os.set_blocking(fd, False)
-    loop.add_reader(fd, readable)
-    try:
-        await done
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
-    return bytes(data)
-
-
-def _pipe_error(which: str, command: str, e: OSError) -> ConnectError:
-    return ConnectError(
-        Code.RESOURCE_EXHAUSTED if e.errno in _EXHAUSTED else Code.INTERNAL,
-        f"error creating {which} pipe for command '{command}': {go_errno_text(e.errno or 0)}",
-    )
-
-
-def _adopt(
-    loop: asyncio.AbstractEventLoop,
-    pid: int,
-    config: process_pb2.ProcessConfig,
-    tag: str | None,
-    outputs: dict[int, str],
-    *,
-    master: int | None = None,
-    stdin: int | None = None,
-) -> ProcessHandle:
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError as e:
-        # Without a pidfd we could neither reap nor signal safely: undo the spawn.
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        for fd in [*outputs, stdin]:
-            if fd is not None:
-                os.close(fd)
-        raise ConnectError(Code.INTERNAL, f"error watching process {pid}: {e}") from None
-    return ProcessHandle(
-        loop, pid, pidfd, config=config, tag=tag, outputs=outputs, master=master, stdin=stdin
-    )
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -1,50 +1,64 @@
-"""How a requested command becomes a child process: wrapper, environment, credentials, spawn.
+"""How a requested command becomes a running child: `start(request, ...) -> Child`.
 
-Upstream never execs the command directly: `/bin/sh` first lowers the child's
-OOM protection and priorities, then `exec`s it, so the pid we report is the
-command's own. The environment is built from scratch, and the child changes
-directory only after dropping privileges, so an unenterable cwd is a spawn
-error, as with Go's fork/exec.
+This is the one launch path: resolve the user's credentials, environment and
+cwd into a `Plan`, create the daemon's ends (pipes, or a terminal), let the
+spawner `choose_spawner` picks start the child, and hand back a plain
+description of it for `handler.ProcessHandle` to adopt. Errors are the RPC
+errors upstream returns.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import fcntl
 import json
 import os
-import shlex
-import shutil
 import signal
-import subprocess
+import struct
 import termios
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
 from envd.execcontext import ExecContext
-from envd.fs.errors import errno_text as go_errno_text
+from envd.gen.process import process_pb2
 from envd.permissions.paths import PathError, expand_and_resolve
 from envd.permissions.users import User, supplementary_groups
+from envd.services.process.plan import (
+    ENVD_PATH,
+    SHELL,
+    Credentials,
+    Plan,
+    SpawnError,
+    go_errno_text,
+)
+from envd.services.process.spawners import Stdio, choose_spawner
 
-SHELL = "/bin/sh"
-OOM_SCORE_ADJ = 100
-IO_CLASS = 2  # best-effort
-IO_LEVEL = 4
-NICE = 0
-
-# The PATH envd was started with is the only variable children inherit.
-ENVD_PATH = os.environ.get("PATH", "")
+# Upstream reads 32 KiB at a time; with a larger pipe we take up to 256 KiB
+# per read when that much is waiting (see handler.PIPE_READ).
+PIPE_SIZE = 1 << 20
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    uid: int
-    gid: int
-    groups: list[int]
+@dataclass(slots=True)
+class Child:
+    """A started child, as the daemon holds it: nothing here needs the request any more.
+
+    `outputs` maps each read end (pipe, or the terminal master) to its
+    `DataEvent` member; `stdin` is the write end of the stdin pipe (None with
+    `stdin: false` or a terminal); `master` is the terminal master, which is
+    also the input fd for a terminal.
+    """
+
+    pid: int
+    pidfd: int
+    outputs: dict[int, str]
+    stdin: int | None = None
+    master: int | None = None
 
 
 def user_command(cmd: str, args: Sequence[str]) -> str:
@@ -71,21 +85,6 @@ def credentials(user: User) -> Credentials:
     uid = _go_parse_uint32(user.uid, "uid")
     gid = _go_parse_uint32(user.gid, "gid")
     return Credentials(uid, gid, supplementary_groups(user, gid))
-
-
-def _priority_prefix() -> list[str]:
-    """ionice/nice, each only if the image has it (minimal images lack them)."""
-    prefix: list[str] = []
-    if ionice := shutil.which("ionice", path=ENVD_PATH):
-        prefix += [ionice, "-c", str(IO_CLASS), "-n", str(IO_LEVEL)]
-    if nice := shutil.which("nice", path=ENVD_PATH):
-        prefix += [nice, "-n", str(NICE - os.getpriority(os.PRIO_PROCESS, 0))]
-    return prefix
-
-
-def wrapper_argv(cmd: str, args: Sequence[str]) -> list[str]:
-    """`/bin/sh -c '<script>' -- cmd args...`: `$0` is `--`, `"$@"` the user's argv."""
-    return [SHELL, "-c", _wrapper_script(), "--", cmd, *args]
 
 
 def build_env(user: User, exec_ctx: ExecContext, request_envs: Mapping[str, str]) -> list[str]:
@@ -126,229 +125,170 @@ def resolve_cwd(cwd: str, user: User, default_workdir: str | None) -> str:
     return path
 
 
-class SpawnError(Exception):
-    """The child could not be started; the text is what Go's exec.Cmd.Start reports."""
+def winsize(rows: int, cols: int) -> bytes:
+    return struct.pack("HHHH", rows & 0xFFFF, cols & 0xFFFF, 0, 0)
 
 
-def check_nul(argv: Sequence[str], env: Sequence[str], cwd: str) -> None:
-    """NUL cannot cross execve; Go refuses it before forking, with these texts."""
-    if any("\0" in entry for entry in env):
-        raise SpawnError("exec: environment variable contains NUL")
-    if any("\0" in arg for arg in argv) or "\0" in cwd:
-        raise SpawnError(f"fork/exec {SHELL}: {go_errno_text(errno.EINVAL)}")
+def plan_for(
+    request: process_pb2.StartRequest, user: User, exec_ctx: ExecContext, cgroup: str | None
+) -> Plan:
+    config = request.process
+    return Plan(
+        command=[config.cmd, *config.args],
+        env=build_env(user, exec_ctx, config.envs),
+        creds=credentials(user),
+        cwd=resolve_cwd(config.cwd, user, exec_ctx.default_workdir),
+        terminal=request.HasField("pty"),
+        cgroup=cgroup,
+    )
 
 
-@dataclass(slots=True)
-class Stdio:
-    stdin: int
-    stdout: int
-    stderr: int
+# Spawn failures that go away once the sandbox has room again: resource_exhausted
+# (the SDKs' rate-limit error, so clients retry), as e2b-dev/infra#3503 proposes;
+# ENOSPC is what /dev/ptmx says when kernel.pty.max is used up.
+_EXHAUSTED = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE})
 
 
-def spawn(
-    argv: list[str],
-    env: list[str],
-    creds: Credentials,
-    cwd: str,
-    stdio: Stdio,
+def _start_code(e: BaseException, *, pty: bool = False) -> Code:
+    cause = e.__cause__ if isinstance(e, SpawnError) else e
+    if isinstance(cause, OSError) and (
+        cause.errno in _EXHAUSTED or (pty and cause.errno == errno.ENOSPC)
+    ):
+        return Code.RESOURCE_EXHAUSTED
+    if isinstance(cause, RuntimeError):  # no thread left for the spawn
+        return Code.RESOURCE_EXHAUSTED
+    return Code.INVALID_ARGUMENT
+
+
+async def start(
+    loop: asyncio.AbstractEventLoop,
+    request: process_pb2.StartRequest,
+    user: User,
+    exec_ctx: ExecContext,
     *,
-    terminal: bool,
-) -> int:
-    """Start the child and return its pid; the caller owns reaping it.
+    cgroup: str | None = None,
+) -> Child:
+    """Start the requested command; `cgroup` as in `Plan`.
 
-    Non-terminal children get their own process group so that signals can
-    reach everything they start; terminal children lead a new session with the
-    terminal as controlling tty.
+    Nothing here blocks the event loop for long (see `spawners`). Callers must
+    not cancel this coroutine: the fds it hands to the child are closed only
+    once the spawn is over (see `ProcessService.start`).
     """
-    check_nul(argv, env, cwd)
-    env_map = dict(entry.partition("=")[::2] for entry in env)
+    plan = plan_for(request, user, exec_ctx, cgroup)
+    if plan.terminal:
+        child = await _start_terminal(loop, request, plan)
+    else:
+        child = await _start_piped(loop, request, plan)
+    _watch(child)
+    return child
 
-    # Changing directory as root is the same before or after setuid, and a
-    # child without Python code in it is safer (no preexec_fn) and faster.
-    if not terminal and creds.uid == 0:
-        return _popen(argv, env_map, creds, stdio, terminal=False, cwd=cwd)
 
-    # The child reports a failed setup step's errno here, as Go's fork/exec
-    # does; close-on-exec, so a successful exec leaves it empty.
-    report_r, report_w = os.pipe2(os.O_CLOEXEC)
-
-    def child_setup() -> None:  # runs in the child, after setgroups/setgid/setuid
-        try:
-            if terminal:
-                fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-            os.chdir(cwd)
-        except OSError as e:
-            os.write(report_w, (e.errno or errno.EIO).to_bytes(4, "little"))
-            raise
-
+def _watch(child: Child) -> None:
     try:
-        return _popen(argv, env_map, creds, stdio, terminal=terminal, setup=child_setup)
-    except SpawnError:
-        # Popen has already reaped a child that failed in child_setup.
-        os.close(report_w)
-        report_w = -1
-        raw = os.read(report_r, 4)
-        if len(raw) == 4:
-            code = int.from_bytes(raw, "little")
-            raise SpawnError(f"fork/exec {SHELL}: {go_errno_text(code)}") from None
+        child.pidfd = os.pidfd_open(child.pid)
+    except OSError as e:
+        # Without a pidfd we could neither reap nor signal safely: undo the spawn.
+        os.kill(child.pid, signal.SIGKILL)
+        os.waitpid(child.pid, 0)
+        for fd in [*child.outputs, child.stdin]:
+            if fd is not None:
+                os.close(fd)
+        raise ConnectError(Code.INTERNAL, f"error watching process {child.pid}: {e}") from None
+
+
+async def _start_terminal(
+    loop: asyncio.AbstractEventLoop, request: process_pb2.StartRequest, plan: Plan
+) -> Child:
+    cols, rows = request.pty.size.cols, request.pty.size.rows
+    try:
+        master, slave = os.openpty()
+    except OSError as e:
+        raise ConnectError(
+            _start_code(e, pty=True),
+            f"error starting pty with command '{user_command_of(plan)}' in dir '{plan.cwd}'"
+            f" with '{cols}' cols and '{rows}' rows:"
+            f" open /dev/ptmx: {go_errno_text(e.errno or 0)}",
+        ) from None
+    try:
+        fcntl.ioctl(master, termios.TIOCSWINSZ, winsize(rows, cols))
+        pid = await choose_spawner(plan).spawn(loop, plan, Stdio(slave, slave, slave))
+    except (SpawnError, OSError, RuntimeError) as e:
+        os.close(master)
+        raise ConnectError(
+            _start_code(e, pty=True),
+            f"error starting pty with command '{user_command_of(plan)}' in dir '{plan.cwd}'"
+            f" with '{cols}' cols and '{rows}' rows: {e}",
+        ) from None
+    finally:
+        os.close(slave)
+    os.set_blocking(master, False)
+    return Child(pid, -1, {master: "pty"}, master=master)
+
+
+async def _start_piped(
+    loop: asyncio.AbstractEventLoop, request: process_pb2.StartRequest, plan: Plan
+) -> Child:
+    command = user_command_of(plan)
+    parent_fds: list[int] = []
+    child_fds: list[int] = []
+    try:
+        try:
+            out_r, out_w = _output_pipe()
+            parent_fds.append(out_r)
+            child_fds.append(out_w)
+        except OSError as e:
+            raise _pipe_error("stdout", command, e) from None
+        try:
+            err_r, err_w = _output_pipe()
+            parent_fds.append(err_r)
+            child_fds.append(err_w)
+        except OSError as e:
+            raise _pipe_error("stderr", command, e) from None
+        stdin_w: int | None = None
+        if not request.HasField("stdin") or request.stdin:
+            try:
+                stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+                parent_fds.append(stdin_w)
+                child_fds.append(stdin_r)
+            except OSError as e:
+                raise _pipe_error("stdin", command, e) from None
+        else:
+            stdin_r = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            child_fds.append(stdin_r)
+        try:
+            pid = await choose_spawner(plan).spawn(loop, plan, Stdio(stdin_r, out_w, err_w))
+        except SpawnError as e:
+            raise ConnectError(_start_code(e), f"error starting process '{command}': {e}") from None
+        except RuntimeError as e:  # the worker thread for the spawn could not start
+            raise ConnectError(
+                Code.RESOURCE_EXHAUSTED,
+                f"error starting process '{command}': fork/exec {SHELL}: {e}",
+            ) from None
+    except BaseException:
+        for fd in parent_fds:
+            os.close(fd)
         raise
     finally:
-        os.close(report_r)
-        if report_w >= 0:
-            os.close(report_w)
+        for fd in child_fds:
+            os.close(fd)
+    for fd in parent_fds:
+        os.set_blocking(fd, False)
+    return Child(pid, -1, {out_r: "stdout", err_r: "stderr"}, stdin=stdin_w)
 
 
-# posix_spawn (vfork+exec, about 0.1 ms on the event loop) needs a helper to
-# change user: Python's fork with setuid/setgroups holds the GIL for the ~2 ms
-# of copying the daemon's page tables, which stalled every other request
-# during a burst of Starts. util-linux's setpriv is on every Debian/Ubuntu/RHEL
-# image; without it we fall back to Popen.
-SETPRIV = shutil.which("setpriv", path=ENVD_PATH)
+def user_command_of(plan: Plan) -> str:
+    return user_command(plan.command[0], plan.command[1:])
 
 
-@dataclass(slots=True)
-class Spawned:
-    """A child started by `posix_spawn_process`; `report` says whether its cwd worked."""
+def _output_pipe() -> tuple[int, int]:
+    r, w = os.pipe2(os.O_CLOEXEC)
+    with contextlib.suppress(OSError):  # a smaller pipe only means smaller reads
+        fcntl.fcntl(r, F_SETPIPE_SZ, PIPE_SIZE)
+    return r, w
 
-    pid: int
-    report: int
 
-
-def posix_spawn_process(
-    command: Sequence[str],
-    env: list[str],
-    creds: Credentials,
-    cwd: str,
-    stdio: Stdio,
-) -> Spawned | None:
-    """Start a non-terminal child without forking the daemon; None where we cannot.
-
-    The child is `setpriv` (to the user) → `/bin/sh` → upstream's wrapper. The
-    shell changes directory as the user, as Go's fork/exec does after setuid,
-    and writes `0` (entered) or an errno to fd 3 before running the wrapper;
-    the caller reads that from `report` (see `read_report`) before the
-    process counts as started.
-    """
-    check_nul(command, env, cwd)
-    same_ids = (
-        creds.uid == os.getuid() == os.geteuid()
-        and creds.gid == os.getgid() == os.getegid()
-        and sorted(set(creds.groups)) == sorted(set(os.getgroups()))
+def _pipe_error(which: str, command: str, e: OSError) -> ConnectError:
+    return ConnectError(
+        Code.RESOURCE_EXHAUSTED if e.errno in _EXHAUSTED else Code.INTERNAL,
+        f"error creating {which} pipe for command '{command}': {go_errno_text(e.errno or 0)}",
     )
-    if not same_ids and SETPRIV is None:
-        return None
-    if not os.path.isdir(cwd):
-        # As root the answer cannot depend on the user: chdir would fail the same.
-        raise SpawnError(f"fork/exec {SHELL}: {go_errno_text(errno.ENOTDIR)}")
-    env_map = dict(entry.partition("=")[::2] for entry in env)
-    argv = [SHELL, "-c", _cd_script(env_map, cwd) + _wrapper_script(), "--", cwd, *command]
-    if not same_ids:
-        groups = ",".join(str(g) for g in creds.groups)
-        argv = [
-            SETPRIV,  # type: ignore[list-item]  # checked above
-            f"--reuid={creds.uid}",
-            f"--regid={creds.gid}",
-            f"--groups={groups}" if groups else "--clear-groups",
-            "--",
-            *argv,
-        ]
-    report_r, report_w = os.pipe2(os.O_CLOEXEC)
-    try:
-        pid = os.posix_spawn(
-            argv[0],
-            argv,
-            env_map,
-            file_actions=[
-                (os.POSIX_SPAWN_DUP2, stdio.stdin, 0),
-                (os.POSIX_SPAWN_DUP2, stdio.stdout, 1),
-                (os.POSIX_SPAWN_DUP2, stdio.stderr, 2),
-                (os.POSIX_SPAWN_DUP2, report_w, 3),
-            ],
-            setpgroup=0,
-            # What Popen's restore_signals does: Python ignores SIGPIPE and SIGXFSZ,
-            # and an ignored signal stays ignored across exec.
-            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
-            setsigmask=(),
-        )
-    except OSError as e:
-        os.close(report_r)
-        raise SpawnError(f"fork/exec {SHELL}: {go_errno_text(e.errno or errno.EIO)}") from e
-    finally:
-        os.close(report_w)
-    return Spawned(pid, report_r)
-
-
-def _cd_script(env: Mapping[str, str], cwd: str) -> str:
-    """Enter cwd as the user, report on fd 3, and leave PWD/OLDPWD as a shell started there would.
-
-    Upstream's shell starts in the directory, so it exports PWD (the given
-    value when it names that directory, else the physical path) and no
-    OLDPWD; `cd` would add OLDPWD and pick its own PWD.
-    """
-    lines = [
-        f'cd -P -- "$1" 2>/dev/null || {{ echo {errno.EACCES} >&3; exit 126; }}',
-        "echo 0 >&3; exec 3>&-; shift",
-        f"OLDPWD={shlex.quote(env['OLDPWD'])}" if "OLDPWD" in env else "unset OLDPWD",
-    ]
-    given = env.get("PWD")
-    if given and os.path.isabs(given):
-        with contextlib.suppress(OSError):
-            if os.path.samefile(given, cwd):
-                lines.append(f"PWD={shlex.quote(given)}")
-    return "; ".join(lines) + "; "
-
-
-def _wrapper_script() -> str:
-    prefix = "".join(f"{part} " for part in _priority_prefix())
-    return f'echo {OOM_SCORE_ADJ} > /proc/$$/oom_score_adj && exec {prefix}"${{@}}"'
-
-
-def read_report(data: bytes) -> int | None:
-    """The errno the child reported for its cwd, None when it entered it."""
-    text = data.strip()
-    if text == b"0":
-        return None
-    try:
-        return int(text) or errno.EIO
-    except ValueError:
-        # No report at all: setpriv or the shell failed before the script ran.
-        return errno.EPERM
-
-
-def _popen(
-    argv: list[str],
-    env: dict[str, str],
-    creds: Credentials,
-    stdio: Stdio,
-    *,
-    terminal: bool,
-    cwd: str | None = None,
-    setup: Callable[[], None] | None = None,
-) -> int:
-    try:
-        # preexec_fn is only given for the two steps Popen cannot do itself
-        # (controlling tty, chdir after setuid); it calls C functions only,
-        # which stay safe in a forked child even with other threads around.
-        popen = subprocess.Popen(
-            argv,
-            stdin=stdio.stdin,
-            stdout=stdio.stdout,
-            stderr=stdio.stderr,
-            env=env,
-            cwd=cwd,
-            close_fds=True,
-            user=creds.uid,
-            group=creds.gid,
-            extra_groups=creds.groups,
-            start_new_session=terminal,
-            process_group=None if terminal else 0,
-            preexec_fn=setup,  # noqa: PLW1509
-        )
-    except OSError as e:
-        raise SpawnError(f"fork/exec {SHELL}: {go_errno_text(e.errno or errno.EIO)}") from e
-    except subprocess.SubprocessError as e:
-        raise SpawnError(f"fork/exec {SHELL}: {e}") from e
-    # Our pidfd reaper owns the pid from here on: a returncode tells Popen
-    # that it must neither wait for the child nor warn about it in __del__.
-    popen.returncode = 0
-    return popen.pid

@@ -20,12 +20,14 @@ from connectrpc.request import RequestContext
 from envd.execcontext import ExecContext
 from envd.gen.process import process_pb2 as pb
 from envd.gen.process.process_connect import Process
+from envd.host.cgroups import Manager, NoopManager, cgroup_kind
 from envd.permissions.users import User
 from envd.rpc.context import basic_auth_or_default_user, request_state
 from envd.rpc.headers import keepalive_interval
+from envd.services.process import launch
 from envd.services.process.backlog import Retention
 from envd.services.process.fanout import KEEPALIVE, Subscriber
-from envd.services.process.handler import SHUTTING_DOWN, ProcessHandle, launch_process
+from envd.services.process.handler import SHUTTING_DOWN, ProcessHandle
 from envd.services.process.status import ExitStatus
 from envd.services.process.table import ProcessTable, check_selector
 from envd.services.process.wire import DataChunk
@@ -71,8 +73,14 @@ def end_event(status: ExitStatus) -> pb.ProcessEvent:
 
 
 class ProcessService(Process):
-    def __init__(self, exec_ctx: ExecContext, retention: Retention | None = None) -> None:
+    def __init__(
+        self,
+        exec_ctx: ExecContext,
+        cgroups: Manager | None = None,
+        retention: Retention | None = None,
+    ) -> None:
         self.exec_ctx = exec_ctx
+        self.cgroups = cgroups or NoopManager()
         self.retention = Retention() if retention is None else retention
         self._table: ProcessTable | None = None
         self._closing = False
@@ -103,6 +111,16 @@ class ProcessService(Process):
 
     def _user(self) -> User:
         return basic_auth_or_default_user(self.exec_ctx.default_user)
+
+    def register(self, handle: ProcessHandle, kill_at: float | None) -> None:
+        """A child becomes visible to List/Connect and is watched until it ends.
+
+        New children (Start) and children taken over in a live upgrade both come here.
+        """
+        if self.retention.enabled and handle.fanout.backlog is None:
+            handle.fanout.backlog = self.retention.backlog()
+        self.table.add(handle)
+        handle.start(kill_at)
 
     # --- streams ---------------------------------------------------------
 
@@ -136,12 +154,22 @@ class ProcessService(Process):
         self, request: pb.StartRequest, user: User, *, keepalive: float, kill_at: float | None
     ) -> tuple[ProcessHandle, Subscriber]:
         loop = asyncio.get_running_loop()
-        handle = await launch_process(loop, request, user, self.exec_ctx)
-        if self.retention.enabled:
-            handle.fanout.backlog = self.retention.backlog()
+        tag = request.tag if request.HasField("tag") else None
+        # Its own cgroup below user/ptys (tag _system: none), joined before exec.
+        cgroup = self.cgroups.command_cgroup(cgroup_kind(request.HasField("pty"), tag))
+        try:
+            child = await launch.start(
+                loop, request, user, self.exec_ctx, cgroup=None if cgroup is None else cgroup.path
+            )
+        except BaseException:
+            if cgroup is not None:
+                self.cgroups.release(cgroup)
+            raise
+        handle = ProcessHandle(
+            loop, child, config=request.process, tag=tag, cgroup=cgroup, cgroups=self.cgroups
+        )
         subscriber = handle.fanout.subscribe(keepalive)
-        self.table.add(handle)
-        handle.start(kill_at)
+        self.register(handle, kill_at)
         log.info(
             "process_start pid=%d cmd=%r timeout=%s",
             handle.pid,

@@ -62,6 +62,19 @@ class ProcessTable:
         if self.live.get(pid) is handle:
             del self.live[pid]
 
+    def retain(
+        self,
+        pid: int,
+        tag: str | None,
+        status: ExitStatus,
+        ttl: float,
+        backlog: Backlog | None = None,
+    ) -> None:
+        """Keep an exit for `ttl` seconds (an exit carried across a live upgrade)."""
+        self._forget(self.retained.pop(pid, None))
+        timer = self.loop.call_later(ttl, self._expire, pid)
+        self.retained[pid] = RetainedExit(pid, tag, status, timer, backlog)
+
     def _expire(self, pid: int) -> None:
         # Each entry has its own timer, cancelled when replaced: never evicts a newer one.
         self._forget(self.retained.pop(pid, None))

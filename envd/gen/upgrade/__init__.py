@@ -1,0 +1,1 @@
+"""Generated code: run `make generate`, never edit by hand."""
