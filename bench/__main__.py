@@ -14,6 +14,7 @@ MODULES = [
     "bench.filesystem_watch",
     "bench.files_http",
     "bench.init_storm",
+    "bench.freeze",  # root only
 ]
 
 if __name__ == "__main__":
