@@ -431,6 +431,20 @@ class WorkloadFreezer:
     def freeze_in_effect(self) -> bool:
         return self._freeze_active
 
+    def adopt_freeze(self, window_s: float | None = None) -> None:
+        """A workload left frozen by the envd before us (live upgrade): the next thaw walks the
+        tree, and the watchdog (`window_s`, default its usual window) thaws if none comes."""
+        self._freeze_active = True
+        if self.watchdog_s <= 0:
+            return
+        saved = self.watchdog_s
+        if window_s is not None:
+            self.watchdog_s = window_s
+        try:
+            self._arm_watchdog()
+        finally:
+            self.watchdog_s = saved
+
     # --- audit at resume ---------------------------------------------------
 
     async def audit(self) -> AuditResult | None:
