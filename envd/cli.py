@@ -189,6 +189,10 @@ def main(
     # and as PID 1 the serving process is a child of a reaper (envd/boot/).
     restore_environment()
     split_if_pid1()
+    # While this process is still small: the fork server every child comes from.
+    from envd.services.process import forkserver  # noqa: PLC0415
+
+    forkserver.start()
     if serve is None:
         from envd.server import serve  # noqa: PLC0415  # keep `-version` fast
     raise SystemExit(serve(config))

@@ -24,7 +24,7 @@ from connectrpc.errors import ConnectError
 from envd.execcontext import ExecContext
 from envd.gen.process import process_pb2 as pb
 from envd.permissions.users import lookup_user
-from envd.services.process import launch
+from envd.services.process import forkserver, launch, spawners
 
 
 @pytest.fixture
@@ -48,6 +48,17 @@ def cgroup_root() -> Iterator[Path]:
                 time.sleep(0.1)
         subprocess.run(["umount", str(mnt)], check=False)
         shutil.rmtree(mnt, ignore_errors=True)
+
+
+@pytest.fixture(params=["popen", "forkserver"])
+def spawner(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test once per spawn path: Popen in-process, and a fork server of our own."""
+    if request.param == "forkserver":
+        assert forkserver.start() is not None
+    try:
+        yield request.param
+    finally:
+        spawners.stop_fork_server()
 
 
 def read_text(path: str | Path) -> str:
@@ -91,7 +102,11 @@ async def output_and_status(child: launch.Child) -> tuple[bytes, int]:
 
 
 @pytest.mark.parametrize("pty", [False, True], ids=["pipes", "pty"])
-async def test_child_joins_the_cgroup_before_it_runs(cgroup_root: Path, pty: bool) -> None:
+async def test_child_joins_the_cgroup_before_it_runs(
+    cgroup_root: Path, pty: bool, spawner: str
+) -> None:
+    plan = launch.plan_for(request("true"), lookup_user("user"), ExecContext(), None)
+    assert spawners.choose_spawner(plan).name == spawner
     leaf = cgroup_root / f"envd-test-{uuid.uuid4().hex[:8]}"
     leaf.mkdir()
     loop = asyncio.get_running_loop()
@@ -113,7 +128,7 @@ async def test_child_joins_the_cgroup_before_it_runs(cgroup_root: Path, pty: boo
     assert lines[-1] == user.uid
 
 
-async def test_long_running_child_is_listed_in_the_cgroup(cgroup_root: Path) -> None:
+async def test_long_running_child_is_listed_in_the_cgroup(cgroup_root: Path, spawner: str) -> None:
     leaf = cgroup_root / f"envd-test-{uuid.uuid4().hex[:8]}"
     leaf.mkdir()
     loop = asyncio.get_running_loop()
@@ -127,7 +142,7 @@ async def test_long_running_child_is_listed_in_the_cgroup(cgroup_root: Path) -> 
         await output_and_status(child)
 
 
-async def test_missing_cgroup_is_a_spawn_error(cgroup_root: Path) -> None:
+async def test_missing_cgroup_is_a_spawn_error(cgroup_root: Path, spawner: str) -> None:
     loop = asyncio.get_running_loop()
     with pytest.raises(ConnectError) as info:
         await launch.start(
@@ -142,7 +157,7 @@ async def test_missing_cgroup_is_a_spawn_error(cgroup_root: Path) -> None:
     )
 
 
-async def test_without_cgroup_the_child_stays_in_ours() -> None:
+async def test_without_cgroup_the_child_stays_in_ours(spawner: str) -> None:
     loop = asyncio.get_running_loop()
     child = await launch.start(
         loop, request("cat /proc/self/cgroup"), lookup_user("user"), ExecContext()

@@ -72,13 +72,41 @@ def check_nul(argv: Sequence[str], env: Sequence[str], cwd: str) -> None:
         raise SpawnError(f"fork/exec {SHELL}: {go_errno_text(errno.EINVAL)}")
 
 
+_found: dict[str, str] = {}
+
+
+def _helper(name: str) -> str | None:
+    # Upstream looks both up on every Start (a PATH scan, ~0.5 ms each here);
+    # one found stays valid while it is still executable there.
+    path = _found.get(name)
+    if path is not None and os.access(path, os.X_OK):
+        return path
+    path = shutil.which(name, path=ENVD_PATH)
+    if path is None:
+        _found.pop(name, None)
+    else:
+        _found[name] = path
+    return path
+
+
+def priority_helpers() -> tuple[str | None, str | None]:
+    """The image's ionice and nice, each None if it lacks them (minimal images do)."""
+    return _helper("ionice"), _helper("nice")
+
+
+def nice_delta() -> int:
+    """Upstream's `nice -n` argument: from envd's own nice value back to NICE."""
+    return NICE - os.getpriority(os.PRIO_PROCESS, 0)
+
+
 def _priority_prefix() -> list[str]:
-    """ionice/nice, each only if the image has it (minimal images lack them)."""
+    """ionice/nice, each only if the image has it."""
+    ionice, nice = priority_helpers()
     prefix: list[str] = []
-    if ionice := shutil.which("ionice", path=ENVD_PATH):
+    if ionice:
         prefix += [ionice, "-c", str(IO_CLASS), "-n", str(IO_LEVEL)]
-    if nice := shutil.which("nice", path=ENVD_PATH):
-        prefix += [nice, "-n", str(NICE - os.getpriority(os.PRIO_PROCESS, 0))]
+    if nice:
+        prefix += [nice, "-n", str(nice_delta())]
     return prefix
 
 

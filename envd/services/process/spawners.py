@@ -1,4 +1,4 @@
-"""The ways a child can be started, and the one place that picks among them.
+"""The ways a child can be started, and the one place that picks among them (`choose_spawner`).
 
 Every spawner gets the same `Plan` and the child's ends of its stdio, and
 leaves the child exactly as upstream's wrapper does (see `launch`). Each one
@@ -9,28 +9,33 @@ Go's fork/exec text (`SpawnError`); the caller owns reaping the pid.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import fcntl
+import logging
 import os
-import shlex
-import shutil
-import signal
+import socket
 import subprocess
 import termios
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from envd.services.process import forkserver
 from envd.services.process.plan import (
-    ENVD_PATH,
+    IO_CLASS,
+    IO_LEVEL,
+    OOM_SCORE_ADJ,
     SHELL,
     Plan,
     SpawnError,
     check_nul,
     go_errno_text,
+    nice_delta,
+    priority_helpers,
     wrapper_script,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -59,159 +64,148 @@ def join_cgroup(cgroup: str) -> None:
         os.close(fd)
 
 
-# --- posix_spawn through setpriv ------------------------------------------
-
-# posix_spawn (vfork+exec, about 0.1 ms on the event loop) needs a helper to
-# change user: Python's fork with setuid/setgroups holds the GIL for the ~2 ms
-# of copying the daemon's page tables, which stalled every other request
-# during a burst of Starts. util-linux's setpriv is on every Debian/Ubuntu/RHEL
-# image; without it we fall back to Popen.
-SETPRIV = shutil.which("setpriv", path=ENVD_PATH)
+# --- the fork server --------------------------------------------------------
 
 
-def _same_ids(plan: Plan) -> bool:
-    creds = plan.creds
-    return (
-        creds.uid == os.getuid() == os.geteuid()
-        and creds.gid == os.getgid() == os.getegid()
-        and sorted(set(creds.groups)) == sorted(set(os.getgroups()))
+class ForkServerSpawner:
+    """Children started by the fork server (see `forkserver`), the daemon's side.
+
+    One request per spawn goes over a SEQPACKET socket with the child's stdio
+    fds; the reply (pid, or an errno) comes once the child has entered its cwd.
+    Nothing here blocks: the socket is watched with `loop.add_reader`, and
+    replies are matched to requests by sequence number.
+    """
+
+    name = "forkserver"
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        sock.setblocking(False)
+        self._seq = 0
+        self._waiting: dict[int, asyncio.Future[tuple[int, int]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.alive = True
+
+    async def spawn(self, loop: asyncio.AbstractEventLoop, plan: Plan, stdio: Stdio) -> int:
+        check_nul(plan.command, plan.env, plan.cwd)
+        self._seq = seq = (self._seq + 1) & 0xFFFFFFFF
+        data = _request(seq, plan).encode()
+        if len(data) > forkserver.MAX_REQUEST:
+            return await POPEN.spawn(loop, plan, stdio)
+        self._attach(loop)
+        reply: asyncio.Future[tuple[int, int]] = loop.create_future()
+        self._waiting[seq] = reply
+        try:
+            await self._send(loop, data, [stdio.stdin, stdio.stdout, stdio.stderr])
+        except OSError as e:
+            # Nothing reached the server, so nothing was started.
+            self._waiting.pop(seq, None)
+            self._lost(e)
+            return await POPEN.spawn(loop, plan, stdio)
+        try:
+            pid, error = await reply
+        except ConnectionError as e:
+            raise SpawnError(f"fork/exec {SHELL}: {go_errno_text(e.errno or errno.EPIPE)}") from e
+        if error:
+            if pid > 0:
+                # It exits right after reporting; it is our child, so ours to reap.
+                await asyncio.to_thread(os.waitpid, pid, 0)
+            raise SpawnError(f"fork/exec {SHELL}: {go_errno_text(error)}")
+        return pid
+
+    def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is not loop:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self.sock.fileno())
+            self._loop = loop
+            loop.add_reader(self.sock.fileno(), self._on_replies)
+
+    async def _send(self, loop: asyncio.AbstractEventLoop, data: bytes, fds: list[int]) -> None:
+        while True:
+            try:
+                socket.send_fds(self.sock, [data], fds)
+                return
+            except BlockingIOError:
+                writable: asyncio.Future[None] = loop.create_future()
+                loop.add_writer(self.sock.fileno(), _wake, writable)
+                try:
+                    await writable
+                finally:
+                    loop.remove_writer(self.sock.fileno())
+
+    def _on_replies(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(64)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                self._lost(e)
+                return
+            if not data:
+                self._lost(ConnectionResetError(errno.ECONNRESET, "fork server exited"))
+                return
+            seq, pid, error = forkserver.decode_reply(data)
+            waiter = self._waiting.pop(seq, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result((pid, error))
+
+    def _lost(self, e: OSError) -> None:
+        """The server is gone: fail what waits, and let `choose_spawner` pick another way."""
+        if self.alive:
+            log.error("fork server lost (%s); spawning with Popen from now on", e)
+        self.close()
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_later(1, forkserver.reap)  # it is exiting, if not gone yet
+
+    def close(self) -> None:
+        if not self.alive:
+            return
+        self.alive = False
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.sock.fileno())
+        for waiter in self._waiting.values():
+            if not waiter.done():
+                waiter.set_exception(ConnectionResetError(errno.EPIPE, "fork server exited"))
+        self._waiting.clear()
+        self.sock.close()
+
+
+def _request(seq: int, plan: Plan) -> forkserver.Request:
+    ionice, nice = priority_helpers()
+    return forkserver.Request(
+        seq=seq,
+        argv=plan.command,
+        env=plan.env,
+        uid=plan.creds.uid,
+        gid=plan.creds.gid,
+        groups=plan.creds.groups,
+        cwd=plan.cwd,
+        terminal=plan.terminal,
+        cgroup=plan.cgroup,
+        oom_score_adj=OOM_SCORE_ADJ,
+        ioprio=None if ionice is None else (IO_CLASS << 13) | IO_LEVEL,
+        nice=nice,
+        nice_delta=nice_delta(),
+        base_nice=os.getpriority(os.PRIO_PROCESS, 0),
+        ionice=ionice,
     )
 
 
-class PosixSpawner:
-    """Non-terminal children without a cgroup: `setpriv` → `/bin/sh` → upstream's wrapper.
-
-    The shell changes directory as the user, as Go's fork/exec does after
-    setuid, and writes `0` (entered) or an errno to fd 3 before running the
-    wrapper; that report is read before the process counts as started. It
-    cannot join a cgroup before dropping privileges (setpriv runs first), so
-    `choose_spawner` never gives it a plan with one.
-    """
-
-    name = "posix_spawn"
-
-    async def spawn(self, loop: asyncio.AbstractEventLoop, plan: Plan, stdio: Stdio) -> int:
-        pid, report = _posix_spawn(plan, stdio)
-        failed = read_report(await _read_to_end(loop, report))
-        if failed is not None:
-            # The shell exits right after reporting.
-            await asyncio.to_thread(os.waitpid, pid, 0)
-            raise SpawnError(f"fork/exec {SHELL}: {go_errno_text(failed)}")
-        return pid
-
-
-def _posix_spawn(plan: Plan, stdio: Stdio) -> tuple[int, int]:
-    """The child, and the read end of its cwd report."""
-    argv = [SHELL, "-c", _cd_script(plan.env_map, plan.cwd) + wrapper_script()]
-    argv += ["--", plan.cwd, *plan.command]
-    check_nul(argv, plan.env, plan.cwd)
-    if not os.path.isdir(plan.cwd):
-        # As root the answer cannot depend on the user: chdir would fail the same.
-        raise SpawnError(f"fork/exec {SHELL}: {go_errno_text(errno.ENOTDIR)}")
-    if not _same_ids(plan):
-        creds = plan.creds
-        groups = ",".join(str(g) for g in creds.groups)
-        assert SETPRIV is not None  # choose_spawner checked
-        argv = [
-            SETPRIV,
-            f"--reuid={creds.uid}",
-            f"--regid={creds.gid}",
-            f"--groups={groups}" if groups else "--clear-groups",
-            "--",
-            *argv,
-        ]
-    report_r, report_w = os.pipe2(os.O_CLOEXEC)
-    try:
-        pid = os.posix_spawn(
-            argv[0],
-            argv,
-            plan.env_map,
-            file_actions=[
-                (os.POSIX_SPAWN_DUP2, stdio.stdin, 0),
-                (os.POSIX_SPAWN_DUP2, stdio.stdout, 1),
-                (os.POSIX_SPAWN_DUP2, stdio.stderr, 2),
-                (os.POSIX_SPAWN_DUP2, report_w, 3),
-            ],
-            setpgroup=0,
-            # What Popen's restore_signals does: Python ignores SIGPIPE and SIGXFSZ,
-            # and an ignored signal stays ignored across exec.
-            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
-            setsigmask=(),
-        )
-    except OSError as e:
-        os.close(report_r)
-        raise SpawnError(f"fork/exec {SHELL}: {go_errno_text(e.errno or errno.EIO)}") from e
-    finally:
-        os.close(report_w)
-    return pid, report_r
-
-
-def _cd_script(env: Mapping[str, str], cwd: str) -> str:
-    """Enter cwd as the user, report on fd 3, and leave PWD/OLDPWD as a shell started there would.
-
-    Upstream's shell starts in the directory, so it exports PWD (the given
-    value when it names that directory, else the physical path) and no
-    OLDPWD; `cd` would add OLDPWD and pick its own PWD.
-    """
-    lines = [
-        f'cd -P -- "$1" 2>/dev/null || {{ echo {errno.EACCES} >&3; exit 126; }}',
-        "echo 0 >&3; exec 3>&-; shift",
-        f"OLDPWD={shlex.quote(env['OLDPWD'])}" if "OLDPWD" in env else "unset OLDPWD",
-    ]
-    given = env.get("PWD")
-    if given and os.path.isabs(given):
-        with contextlib.suppress(OSError):
-            if os.path.samefile(given, cwd):
-                lines.append(f"PWD={shlex.quote(given)}")
-    return "; ".join(lines) + "; "
-
-
-def read_report(data: bytes) -> int | None:
-    """The errno the child reported for its cwd, None when it entered it."""
-    text = data.strip()
-    if text == b"0":
-        return None
-    try:
-        return int(text) or errno.EIO
-    except ValueError:
-        # No report at all: setpriv or the shell failed before the script ran.
-        return errno.EPERM
-
-
-async def _read_to_end(loop: asyncio.AbstractEventLoop, fd: int) -> bytes:
-    """Everything written to a pipe until its writers close it; closes `fd`."""
-    done: asyncio.Future[None] = loop.create_future()
-    data = bytearray()
-
-    def readable() -> None:
-        try:
-            chunk = os.read(fd, 64)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        data.extend(chunk)
-        if not chunk and not done.done():
-            done.set_result(None)
-
-    os.set_blocking(fd, False)
-    loop.add_reader(fd, readable)
-    try:
-        await done
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
-    return bytes(data)
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 # --- Popen in a worker thread ---------------------------------------------
 
 
 class PopenSpawner:
-    """Everything else: `Popen` of upstream's `/bin/sh` wrapper, in a worker thread.
+    """Where no fork server runs: `Popen` of upstream's `/bin/sh` wrapper, in a worker thread.
 
     Popen forks the whole daemon and waits until the child has exec'd, so it
-    runs off the event loop. Terminal children lead a new session with the
+    runs off the event loop (the fork of a big process still holds the GIL
+    for a few ms). Terminal children lead a new session with the
     terminal as controlling tty; the others get their own process group.
     """
 
@@ -313,14 +307,32 @@ def _popen(
 
 # --- the choice -------------------------------------------------------------
 
-POSIX_SPAWN = PosixSpawner()
 POPEN = PopenSpawner()
 
 
+class _ForkServer:
+    spawner: ForkServerSpawner | None = None
+
+
+def fork_server() -> ForkServerSpawner | None:
+    """The spawner for the fork server `envd.cli` started, if it did and it still runs."""
+    sock = forkserver.connection()
+    if sock is None:
+        return None
+    current = _ForkServer.spawner
+    if current is None or current.sock is not sock:
+        current = _ForkServer.spawner = ForkServerSpawner(sock)
+    return current if current.alive else None
+
+
+def stop_fork_server() -> None:
+    """Let the fork server go (it exits; its children keep running). For tests."""
+    if _ForkServer.spawner is not None:
+        _ForkServer.spawner.close()
+        _ForkServer.spawner = None
+    forkserver.stop()
+
+
 def choose_spawner(plan: Plan) -> Spawner:
-    """The cheapest spawner that can do everything this plan asks for."""
-    if plan.terminal or plan.cgroup is not None:
-        return POPEN
-    if SETPRIV is None and not _same_ids(plan):
-        return POPEN
-    return POSIX_SPAWN
+    """The fork server when there is one (any plan); else Popen, which can do everything."""
+    return fork_server() or POPEN
