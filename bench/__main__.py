@@ -16,6 +16,7 @@ MODULES = [
     "bench.init_storm",
     "bench.upgrade",
     "bench.port_forward",
+    "bench.freeze",  # root only
 ]
 
 if __name__ == "__main__":

@@ -225,3 +225,28 @@ def test_concurrent_freezes_and_thaws_serialise(daemon: Daemon, cgroupfs: Cgroup
     assert httpx.post(daemon.url + "/init", json={}).status_code == 204
     assert not cgroupfs.frozen("user")
     assert not cgroupfs.frozen("ptys")
+
+
+def test_commands_started_while_frozen_run_after_the_thaw(
+    daemon: Daemon, cgroupfs: CgroupFs
+) -> None:
+    """A child joins the frozen `user` before its exec, so its spawn waits for the thaw;
+    eight of them (more than the shared worker threads) must not keep the thaw from running."""
+    assert httpx.post(daemon.url + "/freeze", params={"maxWaitMs": 1000}).json()["frozen"] == 2
+    sbx = sdk_sandbox(daemon, None)
+    results: list[str] = []
+
+    def run() -> None:
+        results.append(sbx.commands.run("echo ran", user="user", timeout=60).stdout)
+
+    threads = [threading.Thread(target=run) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    assert results == []  # frozen: nothing ran yet
+    started = time.monotonic()
+    assert httpx.post(daemon.url + "/init", json={}, timeout=30).status_code == 204
+    assert time.monotonic() - started < 10
+    for t in threads:
+        t.join(60)
+    assert results == ["ran\n"] * 8

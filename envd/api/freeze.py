@@ -13,7 +13,8 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -120,13 +121,22 @@ async def post_fsfreeze(request: Request) -> Response:
         if not await acquire_unless(lock, gone):
             return Response(status_code=503)
     try:
-        await asyncio.to_thread(fsfreeze.freeze, state.config.fsfreeze_mount)
+        await _fs_call(fsfreeze.freeze, state.config.fsfreeze_mount)
     except fsfreeze.FsFreezeError as e:
         log.error("freeze rootfs: %s", e)
         return json_error(500, str(e))
     finally:
         lock.release()
     return Response(status_code=204, headers=NO_STORE)
+
+
+# Its own thread: while the file system is frozen, workers of the shared
+# executor may all be stuck in writes to it, and the thaw must still run.
+_FS_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="envd-fsfreeze")
+
+
+async def _fs_call(fn: Callable[[str], None], mountpoint: str) -> None:
+    await asyncio.get_running_loop().run_in_executor(_FS_EXECUTOR, fn, mountpoint)
 
 
 async def post_fsthaw(request: Request) -> Response:
@@ -138,7 +148,7 @@ async def post_fsthaw(request: Request) -> Response:
 async def _fsthaw(lock: asyncio.Lock, mountpoint: str) -> Response:
     async with lock:
         try:
-            await asyncio.to_thread(fsfreeze.thaw, mountpoint)
+            await _fs_call(fsfreeze.thaw, mountpoint)
         except fsfreeze.FsFreezeError as e:
             log.error("thaw rootfs: %s", e)
             return json_error(500, str(e))

@@ -35,12 +35,24 @@ def self_cgroup_path(root: str, proc_file: str = PROC_SELF_CGROUP) -> str:
     raise SelfCgroupError(f"no cgroup2 (0::) entry in {proc_file}")
 
 
+def _relative(root: str, path: str) -> str | None:
+    """`path` below `root` as "a/b", "." for root itself, None when outside.
+
+    Both are normalised absolute paths; plain string work, as a walk calls this
+    for every cgroup (os.path.relpath asks for the working directory each time).
+    """
+    if path == root:
+        return "."
+    prefix = root if root.endswith("/") else root + "/"
+    return path[len(prefix) :] if path.startswith(prefix) else None
+
+
 def ancestor_chain(root: str, self_path: str) -> list[str]:
     """`root` and every cgroup down to `self_path`; only `root` when it is not below it."""
     root = os.path.normpath(root)
-    rel = os.path.relpath(os.path.normpath(self_path), root)
+    rel = _relative(root, os.path.normpath(self_path))
     chain = [root]
-    if rel in {".", ".."} or rel.startswith("../"):
+    if rel is None or rel == ".":
         return chain
     current = root
     for part in rel.split("/"):
@@ -63,6 +75,8 @@ def descend_set(root: str, self_path: str) -> list[str]:
 
 
 def allowlisted(root: str, path: str) -> bool:
-    """An allowlist entry or anything below one."""
-    rel = os.path.relpath(os.path.normpath(path), os.path.normpath(root))
+    """An allowlist entry or anything below one (`root` and `path` normalised)."""
+    rel = _relative(root, path)
+    if rel is None:
+        return False
     return any(rel == entry or rel.startswith(entry + "/") for entry in LIVENESS_ALLOWLIST)

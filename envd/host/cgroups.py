@@ -104,8 +104,11 @@ def write_prop(path: str, value: str) -> None:
 
 
 def read_prop(path: str) -> str:
-    with open(path, "rb") as f:
-        return f.read().decode(errors="replace")
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 4096).decode(errors="replace")
+    finally:
+        os.close(fd)
 
 
 def frozen_from_events(text: str) -> bool:

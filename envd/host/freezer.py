@@ -21,12 +21,15 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from envd.host import cgroup_tree
 from envd.host.cgroups import WORKLOAD, Manager, Unobservable
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 LEGACY = "legacy"
 HIERARCHY = "hierarchy"
@@ -153,6 +156,12 @@ class WorkloadFreezer:
         self._watchdog_gen = 0
         self._watchdog_task: asyncio.Task[None] | None = None
         self.on_watchdog: Callable[[ThawResult], None] | None = None
+        # Threads of its own: the shared executor can be full of spawns that wait
+        # for children the freeze stopped, and the thaw must never wait behind them.
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="envd-freezer")
+
+    async def _run(self, fn: Callable[..., _T], *args: object) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # --- freeze ----------------------------------------------------------
 
@@ -174,7 +183,7 @@ class WorkloadFreezer:
         stop = threading.Event()
         bridge = asyncio.ensure_future(_set_when(cancelled, stop))
         try:
-            res = await asyncio.to_thread(self._freeze, opts, stop)
+            res = await self._run(self._freeze, opts, stop)
         finally:
             bridge.cancel()
         if res.requested > 0:
@@ -339,7 +348,7 @@ class WorkloadFreezer:
             return await self.thaw_locked()
 
     async def thaw_locked(self) -> ThawResult:
-        res = await asyncio.to_thread(self._thaw)
+        res = await self._run(self._thaw)
         if res.ok:
             self._disarm_watchdog()
         return res
@@ -451,7 +460,7 @@ class WorkloadFreezer:
         if self._last_mode != HIERARCHY or not self.manager.walkable:
             return None
         generation = self._generation
-        res = await asyncio.to_thread(self._audit)
+        res = await self._run(self._audit)
         if res is None or generation != self._generation:
             return None  # a thaw ran meanwhile: a half-thawed picture is no report
         return res
@@ -516,7 +525,7 @@ class WorkloadFreezer:
         async with self.lock:
             if generation != self._watchdog_gen:
                 return  # a thaw or a newer freeze came first
-            res = await asyncio.to_thread(self._thaw)
+            res = await self._run(self._thaw)
             if res.ok:
                 self._disarm_watchdog()
             else:
@@ -541,6 +550,7 @@ class WorkloadFreezer:
             self._watchdog_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog_task
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 async def _set_when(event: asyncio.Event | None, stop: threading.Event) -> None:
