@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,7 +175,12 @@ def test_loopback_listener_is_forwarded_intact_and_removed(guest: Guest, host: s
     # Only loopback was forwarded: the other address on lo has no listener.
     assert try_connect(port, OTHER_IP) is None
 
+    # A connection open through the forward when the server goes is closed too.
+    idle = socket.create_connection((GUEST_IP, port), timeout=10)
+    assert _exchange(idle, b"ping") == b"ping"
     assert guest.ns.outside(server.kill)
+    with idle, suppress(ConnectionResetError):
+        assert idle.recv(1) == b""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     assert wait_until(lambda: not _accepts(family, host, port)), "server still listening"
     gone_at = time.monotonic()
