@@ -84,8 +84,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # The cgroup manager, once wired, passes its `socats` directory here.
-        table = ForwardTable(asyncio.get_running_loop(), forward_ip=config.forward_ip)
+        table = ForwardTable(
+            asyncio.get_running_loop(),
+            forward_ip=config.forward_ip,
+            cgroup_dir=cgroups.path_for("socats"),
+        )
         carrier = ForwardCarrier(table)
         upgrader.forwards = carrier.export
         upgrader.restore_forwards = lambda _carried: carrier.restore()

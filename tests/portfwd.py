@@ -7,10 +7,14 @@
   connects to `TCP6:localhost:<port>` and this machine's hosts file maps
   localhost to IPv4 only.
 - `wait_connectable` / `wait_refused`: poll the forward address.
+- `kill_children(daemon)`: the servers a test started through the Process
+  service outlive the daemon (as upstream's children do), and would keep the
+  test's network namespace alive; kill them before stopping it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -19,6 +23,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import psutil
+
+from tests.daemon import Daemon
 from tests.netns import GUEST_IP
 
 GUEST_HOSTS = "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"
@@ -95,3 +102,15 @@ def wait_refused(port: int, within_s: float, host: str = GUEST_IP) -> float:
         if elapsed > within_s:
             raise AssertionError(f"{host}:{port} still accepts after {elapsed:.2f} s")
         time.sleep(0.02)
+
+
+def kill_children(daemon: Daemon) -> None:
+    """SIGKILL every descendant of the daemon and wait for them."""
+    try:
+        children = psutil.Process(daemon.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    psutil.wait_procs(children, timeout=5)

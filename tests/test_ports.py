@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +33,13 @@ from packaging.version import Version
 from envd import ENVD_VERSION
 from tests.daemon import Daemon, free_port, wait_until
 from tests.netns import GUEST_IP, NetNamespace, available
-from tests.portfwd import guest_hosts_prefix, path_without, try_connect, wait_connectable
+from tests.portfwd import (
+    guest_hosts_prefix,
+    kill_children,
+    path_without,
+    try_connect,
+    wait_connectable,
+)
 
 ECHO_SERVER = str(Path(__file__).with_name("echo_server.py"))
 SOCAT = "/usr/bin/socat"
@@ -119,6 +125,7 @@ def guest(request: pytest.FixtureRequest) -> Iterator[Guest]:
             path = stack.enter_context(path_without("socat"))
             daemon = Daemon("-verbose", env={"PATH": path})
         stack.enter_context(daemon)
+        stack.callback(kill_children, daemon)
         yield Guest(ns, daemon, _sdk(ns, daemon), forwarder)
 
 
@@ -175,7 +182,12 @@ def test_loopback_listener_is_forwarded_intact_and_removed(guest: Guest, host: s
     # Only loopback was forwarded: the other address on lo has no listener.
     assert try_connect(port, OTHER_IP) is None
 
+    # A connection open through the forward when the server goes is closed too.
+    idle = socket.create_connection((GUEST_IP, port), timeout=10)
+    assert _exchange(idle, b"ping") == b"ping"
     assert guest.ns.outside(server.kill)
+    with idle, suppress(ConnectionResetError):
+        assert idle.recv(1) == b""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     assert wait_until(lambda: not _accepts(family, host, port)), "server still listening"
     gone_at = time.monotonic()
@@ -190,7 +202,7 @@ def test_loopback_listener_is_forwarded_intact_and_removed(guest: Guest, host: s
 @pytest.mark.parametrize("guest", ["socat"], indirect=True)
 def test_socat_runs_with_upstreams_command_line_in_its_own_group(guest: Guest) -> None:
     port = free_port()
-    guest.serve("::1", port)
+    server = guest.serve("::1", port)
     wait_connectable(port, within_s=5).close()
     (pid,) = guest.children("socat")
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
@@ -203,10 +215,15 @@ def test_socat_runs_with_upstreams_command_line_in_its_own_group(guest: Guest) -
         f"TCP6:localhost:{port}",
     ]
     assert os.getpgid(pid) == pid
-    # Shutting the daemon down takes its forwards with it (socat groups killed, reaped).
-    guest.daemon.stop()
-    assert wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout=5.0)
-    assert try_connect(port) is None
+    # Shutting the daemon down takes its forwards with it (socat groups killed, reaped);
+    # the server, like any process the daemon started, keeps running.
+    try:
+        guest.daemon.stop()
+        assert wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout=5.0)
+        assert try_connect(port) is None
+        assert Path(f"/proc/{server.pid}").exists()
+    finally:
+        os.kill(server.pid, signal.SIGKILL)
 
 
 def test_wildcard_and_other_addresses_are_not_forwarded(guest: Guest) -> None:
@@ -263,13 +280,16 @@ def test_forward_ip_flag_moves_the_forward() -> None:
         path_without("socat") as path,
         Daemon("-verbose", "-forward-ip", OTHER_IP, env={"PATH": path}) as daemon,
     ):
-        sandbox = _sdk(ns, daemon)
-        port = free_port()
-        _start_server(ns, sandbox, "127.0.0.1", port)
-        with wait_connectable(port, within_s=5, host=OTHER_IP) as c:
-            c.settimeout(10)
-            assert _exchange(c, b"ping") == b"ping"
-        assert try_connect(port) is None
+        try:
+            sandbox = _sdk(ns, daemon)
+            port = free_port()
+            _start_server(ns, sandbox, "127.0.0.1", port)
+            with wait_connectable(port, within_s=5, host=OTHER_IP) as c:
+                c.settimeout(10)
+                assert _exchange(c, b"ping") == b"ping"
+            assert try_connect(port) is None
+        finally:
+            kill_children(daemon)
 
 
 @pytest.mark.parametrize("value", ["", "localhost", "::1", "169.254.0.300"])
@@ -317,14 +337,17 @@ def test_socat_joins_the_given_cgroup_before_exec() -> None:
 def test_no_forward_is_attempted_where_the_forward_address_does_not_exist() -> None:
     # The namespace has only 169.254.0.22: 169.254.0.21 is not an address here.
     with NetNamespace(OTHER_IP) as ns, Daemon("-verbose") as daemon:
-        sandbox = _sdk(ns, daemon)
-        port = free_port()
-        _start_server(ns, sandbox, "127.0.0.1", port)
-        assert wait_until(
-            lambda: any(
-                f'"port":{port},' in line and "forward address is not assigned" in line
-                for line in daemon.output().splitlines()
-            ),
-            timeout=5.0,
-        ), daemon.output()
-        assert "About to start port forwarding" not in daemon.output()
+        try:
+            sandbox = _sdk(ns, daemon)
+            port = free_port()
+            _start_server(ns, sandbox, "127.0.0.1", port)
+            assert wait_until(
+                lambda: any(
+                    f'"port":{port},' in line and "forward address is not assigned" in line
+                    for line in daemon.output().splitlines()
+                ),
+                timeout=5.0,
+            ), daemon.output()
+            assert "About to start port forwarding" not in daemon.output()
+        finally:
+            kill_children(daemon)

@@ -11,7 +11,7 @@ import asyncio
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -104,6 +104,31 @@ def _echo_server() -> tuple[socket.socket, int]:
     return server, int(server.getsockname()[1])
 
 
+async def _in_thread(fn: Callable[[int], bytes], port: int) -> bytes:
+    """`fn(port)` on a thread of its own that ends with the call.
+
+    Not asyncio.to_thread: the loop's executor threads outlive the test, and
+    a thread born inside the namespace stays there, breaking later tests.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[bytes] = loop.create_future()
+
+    def run() -> None:
+        try:
+            result = fn(port)
+        except BaseException as e:
+            loop.call_soon_threadsafe(done.set_exception, e)
+        else:
+            loop.call_soon_threadsafe(done.set_result, result)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        return await done
+    finally:
+        thread.join()
+
+
 async def _until(predicate: object, within_s: float = 3.0) -> bool:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within_s
@@ -152,7 +177,7 @@ async def test_builtin_forward_is_handed_over_as_a_listening_fd(
         old = ForwardTable(loop)
         old.sync([Listener(7, port, 4, 0)])
         assert old.forwards["7-" + str(port)].builtin is not None
-        assert await asyncio.to_thread(_echo_once, port) == b"hello"
+        assert await _in_thread(_echo_once, port) == b"hello"
         (record,) = old.export()
         assert record.listen_fd >= 0
         assert record.socat_pid == 0
@@ -160,7 +185,7 @@ async def test_builtin_forward_is_handed_over_as_a_listening_fd(
 
         new = ForwardTable(loop)
         assert new.adopt([record]) == 1
-        assert await asyncio.to_thread(_echo_once, port) == b"hello"
+        assert await _in_thread(_echo_once, port) == b"hello"
         new.sync([])
         assert not _connects(port)
 

@@ -95,7 +95,13 @@ class ForwardTable:
         forward = Forward(listener.key, listener.port, listener.family, listener.pid)
         log.debug(
             "Detected new opened port on localhost that is not forwarded",
-            extra={"port": listener.port, "family": listener.family, "pid": listener.pid},
+            extra={
+                "ip": "127.0.0.1" if listener.family == 4 else "::1",
+                "port": listener.port,
+                "family": listener.family,
+                "state": "LISTEN",
+                "pid": listener.pid,
+            },
         )
         if not self._address_available(forward):
             forward.failed = True
@@ -260,7 +266,11 @@ class PortForwarder:
             else:
                 # Our own sockets (the built-in relay, or a -forward-ip on
                 # loopback) are never forwarded back to ourselves.
-                self.table.sync([li for li in listeners if li.pid != self._own_pid])
+                try:
+                    self.table.sync([li for li in listeners if li.pid != self._own_pid])
+                except Exception:
+                    # One bad forward must not end forwarding for the daemon's life.
+                    log.exception("Port forwarding refresh failed")
             await asyncio.sleep(max(0.0, SCAN_PERIOD_S - (loop.time() - started)))
 
     async def close(self) -> None:
