@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -215,8 +215,23 @@ def test_readme_builds_and_runs_the_image_make_image_builds() -> None:
     ]  # fmt: skip
 
 
-def test_readme_sdk_snippet_prints_user_and_home(container: Container) -> None:
-    block = readme_container_section()
+def packaging_readme_section() -> str:
+    text = (REPO / "packaging" / "README.md").read_text()
+    return text.split("### Try it with the SDK\n", 1)[1].split("\n### ", 1)[0]
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        (readme_container_section, ["user", "/home/user"]),
+        (packaging_readme_section, ["user", "/home/user", "hi"]),
+    ],
+    ids=["README", "packaging-README"],
+)
+def test_readme_sdk_snippet_against_the_container(
+    container: Container, section: Callable[[], str], expected: list[str]
+) -> None:
+    block = section()
     snippet = re.search(r"E2B_DEBUG=true python -c '\n(.*?)\n'", block, re.DOTALL)
     assert snippet, block
     out = subprocess.run(
@@ -227,4 +242,4 @@ def test_readme_sdk_snippet_prints_user_and_home(container: Container) -> None:
         timeout=60,
         check=True,
     ).stdout
-    assert out.split() == ["user", "/home/user"]
+    assert out.split() == expected
