@@ -60,6 +60,10 @@ image: overlay podman
 # (systemd-nspawn --boot), the static variant in an empty chroot, and the
 # image run by podman (root only; CI runs it after `make test`).
 test-rootfs: $(PACKAGING_STAMP) system overlay image
+	# The test rootfs tarballs, cached before the tests: a cold debootstrap inside a
+	# fixture would count against the per-test timeout.
+	scripts/debian-rootfs.sh bullseye >/dev/null
+	scripts/debian-rootfs.sh bullseye systemd,systemd-sysv >/dev/null
 	$(BIN)/python -m pytest -m rootfs $(PYTEST_ARGS)
 
 lint: $(STAMP)
