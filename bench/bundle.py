@@ -74,14 +74,22 @@ def main() -> None:
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 10
     variants = dict(VARIANTS)
     with tempfile.TemporaryDirectory() as tmp:
+        root = None
         if os.geteuid() == 0:
             root = static_root(tmp)
+            # The daemon reads /proc (psutil): the host's, bound for the run.
+            (root / "proc").mkdir()
+            subprocess.run(["mount", "--bind", "/proc", str(root / "proc")], check=True)
             variants["static (dist/envd-static, chrooted)"] = ["chroot", str(root), "/usr/bin/envd"]
-        # Interleaved, so that a change in the machine's load hits every variant alike.
-        results: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
-        for _ in range(runs):
-            for name, command in variants.items():
-                results[name].append(cold_start(command))
+        try:
+            # Interleaved, so that a change in the machine's load hits every variant alike.
+            results: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+            for _ in range(runs):
+                for name, command in variants.items():
+                    results[name].append(cold_start(command))
+        finally:
+            if root is not None:
+                subprocess.run(["umount", str(root / "proc")], check=True)
     base = None
     for name, samples in results.items():
         start = summary(f"{name}: start to /health 204", [r[0] for r in samples])
