@@ -7,7 +7,7 @@ PACKAGING_STAMP := $(VENV)/.installed-packaging
 PORT ?= 49983
 BROWSER := tests/browser
 
-.PHONY: run test test-rootfs bundle overlay rootfs-tools lint generate system browser bench clean
+.PHONY: run test test-rootfs bundle overlay image podman rootfs-tools lint generate system browser bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,10 +48,24 @@ bundle: rootfs-tools
 overlay: bundle
 	scripts/build-overlay.sh
 
+# podman with runc (root: installs what is missing).
+podman:
+	scripts/setup-podman.sh
+
+# The debug image (packaging/docker/Dockerfile) built with podman on a Debian 12
+# base imported from a debootstrapped rootfs (no registry): localhost/envd-py
+# with the overlay (:latest) and with the static overlay (:static).
+image: overlay podman
+	scripts/build-image.sh
+
 # The bundle in a debootstrapped Debian rootfs as PID 1 and under systemd
-# (systemd-nspawn --boot), and the static variant in an empty chroot (root
-# only; CI runs it after `make test`).
-test-rootfs: $(PACKAGING_STAMP) system overlay
+# (systemd-nspawn --boot), the static variant in an empty chroot, and the
+# image run by podman (root only; CI runs it after `make test`).
+test-rootfs: $(PACKAGING_STAMP) system overlay image
+	# The test rootfs tarballs, cached before the tests: a cold debootstrap inside a
+	# fixture would count against the per-test timeout.
+	scripts/debian-rootfs.sh bullseye >/dev/null
+	scripts/debian-rootfs.sh bullseye systemd,systemd-sysv >/dev/null
 	$(BIN)/python -m pytest -m rootfs $(PYTEST_ARGS)
 
 lint: $(STAMP)

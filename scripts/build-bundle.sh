@@ -9,8 +9,9 @@
 #
 # Output:
 #   dist/envd/          PyInstaller onedir (the daemon is dist/envd/envd)
-#   dist/envd-static    one static executable (staticx around a PyInstaller
-#                       onefile): no libc needed, for Alpine and unknown userlands
+#   dist/envd-static/   the same onedir carrying the chroot's glibc (its own
+#                       dynamic loader and libc): for Alpine, unknown userlands
+#                       or none; installed at /usr/lib/envd by the static overlay
 set -eu
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,7 +42,8 @@ if [ ! -e "$ready" ]; then
         apt-get source -qq --download-only python3.11 >/dev/null
         tar -xf python3.11_*.orig.tar.*
         cd Python-3.11.*/
-        # No RUNPATH in the interpreter: staticx refuses libraries that carry one.
+        # No RUNPATH in the interpreter: it would hide the static variant's RPATH
+        # from the lookups of libpython's own dependencies.
         ./configure -q --prefix=/opt/python --enable-shared >/dev/null
         make -s -j\$(nproc) >/dev/null 2>&1
         make -s altinstall >/dev/null 2>&1

@@ -4,8 +4,8 @@
 #
 #   dist/envd-overlay.tar.gz         /usr/lib/envd/ (onedir) + /usr/bin/envd -> it;
 #                                    glibc >= 2.31 (Debian 11, Ubuntu 20.04 and later)
-#   dist/envd-overlay-static.tar.gz  /usr/bin/envd as one static file; any x86_64 Linux
-#                                    userland (Alpine, no libc at all)
+#   dist/envd-overlay-static.tar.gz  the same layout from dist/envd-static/ (carries its
+#                                    glibc); any x86_64 Linux userland (Alpine, no libc)
 #
 # Both carry the systemd unit, its preset and enablement link, and the OpenRC
 # script. Entries are sorted, owned by root and dated SOURCE_DATE_EPOCH, so the
@@ -16,7 +16,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 dist="$repo/dist"
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$repo" log -1 --format=%ct 2>/dev/null || echo 1)}
 
-for f in "$dist/envd/envd" "$dist/envd-static"; do
+for f in "$dist/envd/envd" "$dist/envd-static/envd"; do
     [ -x "$f" ] || { echo "build-overlay: $f missing: run make bundle first" >&2; exit 1; }
 done
 
@@ -43,5 +43,7 @@ ln -s /usr/lib/envd/envd "$stage/root/usr/bin/envd"
 pack envd-overlay.tar.gz
 
 stage_common
-cp -a "$dist/envd-static" "$stage/root/usr/bin/envd"
+mkdir -p "$stage/root/usr/lib"
+cp -a "$dist/envd-static" "$stage/root/usr/lib/envd"
+ln -s /usr/lib/envd/envd "$stage/root/usr/bin/envd"
 pack envd-overlay-static.tar.gz

@@ -11,9 +11,15 @@ import time
 import uuid
 from collections.abc import Iterator
 
-from e2b import Sandbox
+import httpx
+import pytest
+from e2b import AuthenticationException, Sandbox
+from e2b.connection_config import ConnectionConfig
 from e2b.sandbox.commands.command_handle import PtySize
 from e2b.sandbox.filesystem.watch_handle import FilesystemEvent, FilesystemEventType
+from packaging.version import Version
+
+from envd import ENVD_VERSION
 
 
 @contextlib.contextmanager
@@ -79,3 +85,32 @@ def files_write_read_watch(url: str) -> None:
         handle.stop()
     events = {e.type for e in seen if e.name == f"{name}.txt"}
     assert events & {FilesystemEventType.CREATE, FilesystemEventType.WRITE}, seen
+
+
+def with_token(url: str, token: str | None) -> Sandbox:
+    """The SDK in debug mode sending an access token (`Sandbox.create()` there sends none)."""
+    headers = {"X-Access-Token": token} if token else {}
+    config = ConnectionConfig(debug=True, sandbox_url=url, extra_sandbox_headers=headers)
+    return Sandbox(
+        sandbox_id="debug",
+        sandbox_domain=None,
+        envd_version=Version(ENVD_VERSION),
+        envd_access_token=token,
+        traffic_access_token=None,
+        connection_config=config,
+    )
+
+
+def init_with_token(url: str) -> str:
+    """What an orchestrator (or the Kubernetes postStart hook) does: POST /init with a
+    token; from then on only requests carrying it get through. Sets the token for good."""
+    token = uuid.uuid4().hex
+    r = httpx.post(url + "/init", json={"accessToken": token}, timeout=30)
+    assert r.status_code == 204, r.text
+    assert httpx.get(url + "/envs", timeout=10).status_code == 401
+    assert httpx.get(url + "/envs", headers={"X-Access-Token": token}, timeout=10).is_success
+    result = with_token(url, token).commands.run("id -un", user="user")
+    assert result.stdout == "user\n"
+    with pytest.raises(AuthenticationException):
+        with_token(url, "wrong").commands.run("true", user="user")
+    return token

@@ -315,7 +315,10 @@ def test_dockerfile_runs_envd_as_upstreams_debug_image_does() -> None:
     assert "EXPOSE 49983" in text
     assert "ENVD_DEFAULT_USER=user" in text
     assert "NOPASSWD: ALL" in text
-    assert "ADD dist/envd-overlay.tar.gz /" in text
+    # The public base and the overlay by default; make image passes its own base.
+    assert "ARG BASE=debian:bookworm-slim\nFROM ${BASE}\n" in text
+    assert "ARG OVERLAY=envd-overlay.tar.gz\n" in text
+    assert "ADD dist/${OVERLAY} /\n" in text
 
 
 # --- Kubernetes ---------------------------------------------------------------

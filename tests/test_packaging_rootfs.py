@@ -87,24 +87,52 @@ def test_every_elf_in_the_bundle_stays_within_the_documented_glibc_floor() -> No
     assert not over, f"needs glibc newer than {floor}: {over}"
 
 
-def test_static_variant_needs_no_loader_and_no_library() -> None:
-    headers = subprocess.run(
-        ["readelf", "--program-headers", "--dynamic", str(STATIC)],
+def readelf(*args: str) -> str:
+    return subprocess.run(["readelf", *args], check=True, capture_output=True, text=True).stdout
+
+
+def test_static_variant_carries_its_loader_and_every_library() -> None:
+    exe = STATIC / "envd"
+    interp = re.search(r"program interpreter: (\S+)\]", readelf("--program-headers", str(exe)))
+    assert interp, "no INTERP header"
+    # Absolute (the kernel reads it literally): where the static overlay puts it.
+    assert interp[1] == "/usr/lib/envd/glibc/ld-linux-x86-64.so.2"
+    assert (STATIC / "glibc" / "ld-linux-x86-64.so.2").is_file()
+    dynamic = readelf("--dynamic", str(exe))
+    assert "(RPATH)" in dynamic
+    assert "Library rpath: [/usr/lib/envd/glibc:/usr/lib/envd/_internal]" in dynamic
+    assert "(RUNPATH)" not in dynamic  # RUNPATH would not reach dlopen'd NSS modules
+    carried = {p.name for p in STATIC.rglob("*")}
+    for name in ("libc.so.6", "libnss_files.so.2", "libgcc_s.so.1"):
+        assert name in carried
+    missing = {
+        str(path.relative_to(DIST)): needed - carried
+        for path in elf_files(STATIC)
+        if (needed := set(re.findall(r"\(NEEDED\).*\[(.+)\]", readelf("--dynamic", str(path)))))
+        - carried
+    }
+    assert not missing, f"needed but not carried: {missing}"
+
+
+def static_in_empty_chroot(root: Path, *args: str) -> str:
+    return subprocess.run(
+        ["chroot", str(root), "/usr/bin/envd", *args],
         check=True,
         capture_output=True,
         text=True,
+        env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin")},
     ).stdout
-    assert "INTERP" not in headers
-    assert "(NEEDED)" not in headers
 
 
-@pytest.mark.parametrize("exe", [ONEDIR / "envd", STATIC], ids=["onedir", "static"])
-def test_version_flags(exe: Path) -> None:
-    def run(flag: str) -> str:
-        return subprocess.run([str(exe), flag], check=True, capture_output=True, text=True).stdout
-
-    assert run("-version") == ENVD_VERSION + "\n"
-    assert run("-package-version") == __version__ + "\n"
+@pytest.mark.parametrize("flag", ["-version", "-package-version"])
+def test_version_flags(flag: str, empty_root: Path) -> None:
+    expected = {"-version": ENVD_VERSION, "-package-version": __version__}[flag] + "\n"
+    onedir = subprocess.run(
+        [str(ONEDIR / "envd"), flag], check=True, capture_output=True, text=True
+    )
+    assert onedir.stdout == expected
+    # The static variant's loader path is absolute: it runs where the overlay puts it.
+    assert static_in_empty_chroot(empty_root, flag) == expected
 
 
 def test_overlay_layout() -> None:
@@ -121,10 +149,14 @@ def test_overlay_layout() -> None:
     for name in ("etc/systemd/system/envd.service", "etc/systemd/system-preset/80-envd.preset"):
         assert members[name].isfile()
     assert all(m.uid == 0 and m.gid == 0 for m in members.values())
+    # The static overlay: the same layout, with the carried glibc beside the bundle.
     with tarfile.open(STATIC_OVERLAY) as tar:
-        static = tar.getmember("./usr/bin/envd")
-    assert static.isfile()
-    assert static.mode & 0o111
+        static = {m.name.removeprefix("./"): m for m in tar.getmembers()}
+    assert static["usr/bin/envd"].issym()
+    assert static["usr/bin/envd"].linkname == "/usr/lib/envd/envd"
+    assert static["usr/lib/envd/envd"].mode & 0o111
+    assert static["usr/lib/envd/glibc/ld-linux-x86-64.so.2"].isfile()
+    assert set(members) <= set(static)
 
 
 # --- running it in a root file system -----------------------------------------
@@ -278,30 +310,41 @@ def test_rootfs_sigterm_ends_envd_cleanly(rootfs: Path) -> None:
 
 @pytest.fixture
 def empty_root(tmp_path: Path) -> Path:
-    """A root with nothing but the overlay's static envd: no libc, no shell."""
+    """A root with nothing but the static overlay's envd: no libc, no shell, no /tmp."""
     root = tmp_path / "empty"
     root.mkdir()
-    for d in ("proc", "tmp"):
-        (root / d).mkdir()
-    (root / "tmp").chmod(0o1777)
+    (root / "proc").mkdir()
     subprocess.run(
-        ["tar", "-C", str(root), "-xzf", str(STATIC_OVERLAY), "./usr/bin/envd"], check=True
+        ["tar", "-C", str(root), "-xzf", str(STATIC_OVERLAY), "./usr/bin/envd", "./usr/lib/envd"],
+        check=True,
     )
     return root
 
 
 def test_static_variant_serves_in_an_empty_chroot(empty_root: Path) -> None:
-    assert sorted(p.name for p in empty_root.iterdir()) == ["proc", "tmp", "usr"]
-    assert not (empty_root / "lib").exists()
+    assert sorted(p.name for p in empty_root.iterdir()) == ["proc", "usr"]
+    assert sorted(p.name for p in (empty_root / "usr").iterdir()) == ["bin", "lib"]
     envd = Booted(empty_root, mount_dev=False)
     try:
         with urllib.request.urlopen(envd.url + "/health", timeout=5) as r:
             assert r.status == 204
-        # staticx's loader (PID 1 here) and PyInstaller's parent pass the signal
-        # on and end with the daemon; as PID 1 the loader cannot re-raise the
-        # signal on itself, so its exit status is its own (not 143).
+        # envd's own init is PID 1 (no loader process in between) and serves
+        # from its child.
+        assert Path(f"/proc/{envd.init}/cmdline").read_bytes().startswith(b"/usr/bin/envd\0")
+        (daemon,) = children(envd.init)
+        # Orphans: the host's sh in envd's PID namespace (the root has no shell).
+        subprocess.run(
+            ["nsenter", "-t", str(envd.init), "-p", "--", "/bin/sh", "-c",
+             "for i in 1 2 3; do sleep 2 & done"],
+            check=True,
+            timeout=30,
+        )  # fmt: skip
+        orphans = [p for p in children(envd.init) if p != daemon]
+        assert len(orphans) == 3
+        assert states_after_reaping(orphans) == ["", "", ""], "orphans left as zombies"
+        assert children(envd.init) == {daemon}
         os.kill(envd.init, signal.SIGTERM)
-        envd.proc.wait(timeout=30)
+        assert envd.proc.wait(timeout=30) == 128 + signal.SIGTERM
     finally:
         envd.stop()
 
