@@ -56,8 +56,6 @@ def test_restore_drops_a_library_path_the_caller_did_not_have() -> None:
     env = {
         "LD_LIBRARY_PATH": "/tmp/_MEI123",
         "_PYI_APPLICATION_HOME_DIR": "/tmp/_MEI123",
-        "STATICX_BUNDLE_DIR": "/tmp/staticx-x",
-        "STATICX_PROG_PATH": "/usr/bin/envd",
         "HOME": "/root",
     }
     restore(env)

@@ -2,7 +2,7 @@
 
 PyInstaller's bootloader puts its private library directory first in
 `LD_LIBRARY_PATH` (keeping the caller's value in `LD_LIBRARY_PATH_ORIG`) and
-passes its own state in `_PYI_*` variables; staticx adds `STATICX_*`. A child
+passes its own state in `_PYI_*` variables. A child
 that inherited them would load the bundle's libssl, libz, ... instead of the
 image's and could break in odd ways, and would leak our internals into user
 commands. The daemon calls `restore_environment` before anything can spawn.
@@ -17,7 +17,7 @@ from collections.abc import MutableMapping
 # Variables the loaders set, each with the suffix under which the caller's value is kept.
 _SAVED_SUFFIX = "_ORIG"
 _LOADER_VARS = ("LD_LIBRARY_PATH",)
-_PRIVATE_PREFIXES = ("_PYI_", "_MEIPASS", "STATICX_")
+_PRIVATE_PREFIXES = ("_PYI_", "_MEIPASS")
 
 
 def is_frozen() -> bool:
