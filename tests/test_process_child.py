@@ -10,6 +10,7 @@ runs, and kills it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import ctypes
@@ -283,3 +284,30 @@ def test_daemon_keeps_spawning_when_the_fork_server_dies(kill_after: list[int]) 
         events = run_as_user(daemon.url, ["-c", "echo ok"])
         assert decoded(events, "stdout") == "ok\n"
         assert "fork server lost" in daemon.output()
+
+
+def test_a_burst_of_starts_all_complete(envd: Daemon) -> None:
+    """More Starts at once than the fork server's socket holds: every one is spawned and ends."""
+
+    async def one(i: int) -> bytes:
+        payload = json.dumps(
+            {"process": {"cmd": "/bin/sh", "args": ["-c", f"echo {i}"]}, "stdin": False}
+        ).encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", envd.port)
+        writer.write(
+            b"POST /process.Process/Start HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/connect+json\r\n"
+            + f"Content-Length: {len(payload) + 5}\r\n\r\n".encode()
+            + envelope(payload)
+        )
+        data = await reader.read()
+        writer.close()
+        return data
+
+    async def burst() -> list[bytes]:
+        return await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(200))), 120)
+
+    answers = asyncio.run(burst())
+    for i, data in enumerate(answers):
+        assert b'"end"' in data, data[-300:]
+        assert base64.b64encode(f"{i}\n".encode()) in data

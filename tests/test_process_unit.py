@@ -6,12 +6,13 @@ import asyncio
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 from connectrpc.errors import ConnectError
 
 from envd.execcontext import ExecContext
-from envd.permissions.users import User
+from envd.permissions.users import User, UserLookupError, lookup_user, supplementary_groups
 from envd.rpc.headers import keepalive_interval
 from envd.services.process import fanout, launch, plan
 from envd.services.process.status import ExitStatus, from_wait_status
@@ -136,3 +137,24 @@ async def test_subscriber_keepalive() -> None:
     out = fanout.Fanout(asyncio.get_running_loop(), lambda: None, lambda: None)
     sub = out.subscribe(0.05)
     assert await sub.next() is fanout.KEEPALIVE
+
+
+def test_account_files_are_reread_when_they_change(tmp_path: Path) -> None:
+    """Parsed once per change: a user added (or a group membership) is seen at the next lookup."""
+    passwd, group = tmp_path / "passwd", tmp_path / "group"
+    passwd.write_text("root:x:0:0:root:/root:/bin/sh\n")
+    group.write_text("root:x:0:\n")
+    with pytest.raises(UserLookupError):
+        lookup_user("alice", str(passwd))
+    # Replaced as useradd does (a new inode), then appended to in place.
+    new = tmp_path / "passwd.new"
+    new.write_text("root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n")
+    os.replace(new, passwd)
+    alice = lookup_user("alice", str(passwd))
+    assert (alice.uid, alice.home) == ("1000", "/home/alice")
+    assert supplementary_groups(alice, 1000, str(group)) == [1000]
+    with group.open("a") as f:
+        f.write("dev:x:50:alice\n")
+    assert supplementary_groups(alice, 1000, str(group)) == [1000, 50]
+    group.unlink()
+    assert supplementary_groups(alice, 1000, str(group)) == [1000]

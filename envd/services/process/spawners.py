@@ -84,6 +84,7 @@ class ForkServerSpawner:
         self._seq = 0
         self._waiting: dict[int, asyncio.Future[tuple[int, int]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._send_lock = asyncio.Lock()
         self.alive = True
 
     async def spawn(self, loop: asyncio.AbstractEventLoop, plan: Plan, stdio: Stdio) -> int:
@@ -121,17 +122,21 @@ class ForkServerSpawner:
             loop.add_reader(self.sock.fileno(), self._on_replies)
 
     async def _send(self, loop: asyncio.AbstractEventLoop, data: bytes, fds: list[int]) -> None:
-        while True:
-            try:
-                socket.send_fds(self.sock, [data], fds)
-                return
-            except BlockingIOError:
-                writable: asyncio.Future[None] = loop.create_future()
-                loop.add_writer(self.sock.fileno(), _wake, writable)
+        # One sender at a time waits for room (a burst of Starts fills the
+        # socket): the loop keeps one writer callback per fd, so a second
+        # waiter would replace the first one's and leave it waiting forever.
+        async with self._send_lock:
+            while True:
                 try:
-                    await writable
-                finally:
-                    loop.remove_writer(self.sock.fileno())
+                    socket.send_fds(self.sock, [data], fds)
+                    return
+                except BlockingIOError:
+                    writable: asyncio.Future[None] = loop.create_future()
+                    loop.add_writer(self.sock.fileno(), _wake, writable)
+                    try:
+                        await writable
+                    finally:
+                        loop.remove_writer(self.sock.fileno())
 
     def _on_replies(self) -> None:
         while True:
