@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from e2b import Sandbox
 from e2b.exceptions import SandboxException, SandboxUnreachableException
@@ -596,7 +597,10 @@ def test_spawn_without_pids_is_resource_exhausted(tmp: Path) -> None:
             if (root / "cgroup.subtree_control").exists() and not (group / "pids.max").exists():
                 pytest.skip("pids controller not enabled for children")
             try:
-                (group / "cgroup.procs").write_text(str(d.pid))  # all its threads
+                # The daemon with all its threads, and its fork server, whose clones
+                # are the children.
+                for member in [d.pid, *(c.pid for c in psutil.Process(d.pid).children())]:
+                    (group / "cgroup.procs").write_text(str(member))
             except OSError as e:
                 pytest.skip(f"cannot move the daemon into a pids cgroup: {e}")
             current = int((group / "pids.current").read_text())

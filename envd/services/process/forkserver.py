@@ -47,12 +47,17 @@ _REPLY = struct.Struct("<Iii")  # sequence, pid, errno (0: started)
 
 CLONE_PARENT = 0x00008000
 CLONE_VFORK = 0x00004000
+CLONE_INTO_CGROUP = 0x200000000
 IOPRIO_WHO_PROCESS = 1
 PR_SET_DUMPABLE = 4
 _SYSCALLS = {
-    "x86_64": {"clone": 56, "ioprio_set": 251},
-    "aarch64": {"clone": 220, "ioprio_set": 30},
+    "x86_64": {"clone": 56, "clone3": 435, "ioprio_set": 251, "rt_sigaction": 13},
+    "aarch64": {"clone": 220, "clone3": 435, "ioprio_set": 30, "rt_sigaction": 134},
 }
+# glibc's own signals (SIGCANCEL, SIGSETXID), which its sigaction refuses to touch:
+# if envd was started with them ignored, children would inherit that; Go's
+# runtime, which handles every signal, leaves upstream's children at default.
+_GLIBC_SIGNALS = (32, 33)
 # Signals Python (or we) may have set to "ignore"; ignored signals survive exec.
 _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -176,6 +181,9 @@ def serve(sock: socket.socket) -> NoReturn:
     with contextlib.suppress(OSError):
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     sys_calls = _Syscalls(policy)
+    for number in _GLIBC_SIGNALS:
+        with contextlib.suppress(OSError):
+            sys_calls.reset_signal(number)
     # Children import nothing once they run as the user, who may not be able
     # to read our installation (a venv under /root): everything they need is
     # loaded here, as root, beforehand.
@@ -245,7 +253,11 @@ class _Syscalls:
         self._execve = libc.execve
         numbers = _SYSCALLS[os.uname().machine]
         self.nr_clone = numbers["clone"]
+        self.nr_clone3 = numbers["clone3"]
         self.nr_ioprio_set = numbers["ioprio_set"]
+        self.nr_rt_sigaction = numbers["rt_sigaction"]
+        # clone3 with CLONE_INTO_CGROUP (Linux 5.7): until it is refused once.
+        self.into_cgroup = True
 
     def _check(self, result: int) -> int:
         if result < 0:
@@ -263,6 +275,29 @@ class _Syscalls:
         c = self.ctypes
         flags = c.c_ulong(CLONE_PARENT | CLONE_VFORK | signal.SIGCHLD)
         return self._check(self._syscall(c.c_long(self.nr_clone), flags, 0, 0, 0, 0))
+
+    def clone_parent_into(self, cgroup_fd: int) -> int:
+        """`clone_parent`, the child born in the cgroup `cgroup_fd` (CLONE_INTO_CGROUP).
+
+        Moving a process after it started waits for an RCU grace period
+        (~12 ms per child measured here); a child created inside costs nothing
+        extra. OSError (e.g. ENOSYS on an old kernel) means: use the fallback.
+        """
+        c = self.ctypes
+        # struct clone_args, version 2 (with `cgroup`): eleven u64.
+        args = (c.c_uint64 * 11)()
+        args[0] = CLONE_PARENT | CLONE_VFORK | CLONE_INTO_CGROUP  # flags
+        args[4] = signal.SIGCHLD  # exit_signal
+        args[10] = cgroup_fd  # cgroup
+        size = c.c_size_t(c.sizeof(args))
+        return self._check(self._syscall(c.c_long(self.nr_clone3), c.byref(args), size))
+
+    def reset_signal(self, signum: int) -> None:
+        """SIG_DFL for `signum` through the kernel (an all-zero struct sigaction)."""
+        c = self.ctypes
+        action = (c.c_uint64 * 4)()  # handler SIG_DFL, no flags, no restorer, empty mask
+        nr = c.c_long(self.nr_rt_sigaction)
+        self._check(self._syscall(nr, c.c_int(signum), c.byref(action), None, c.c_size_t(8)))
 
     def ioprio_set(self, value: int) -> None:
         c = self.ctypes
@@ -286,11 +321,11 @@ def _spawn(sys_calls: _Syscalls, request: Request, fds: list[int]) -> tuple[int,
     """Start one child; (pid, 0) once it is set up, (pid or 0, errno) if it failed."""
     report_r, report_w = os.pipe2(os.O_CLOEXEC)
     try:
-        pid = sys_calls.clone_parent()
+        pid, joined = _clone(sys_calls, request)
         if pid == 0:
             try:
                 os.close(report_r)
-                _child(sys_calls, request, fds, report_w)
+                _child(sys_calls, request, fds, report_w, joined)
             finally:
                 os._exit(127)
         os.close(report_w)
@@ -311,16 +346,36 @@ def _spawn(sys_calls: _Syscalls, request: Request, fds: list[int]) -> tuple[int,
             os.close(report_w)
 
 
+def _clone(sys_calls: _Syscalls, request: Request) -> tuple[int, bool]:
+    """(pid, whether the child already is in its cgroup); as fork(): 0 in the child."""
+    if request.cgroup is None or not sys_calls.into_cgroup:
+        return sys_calls.clone_parent(), False
+    try:
+        cgroup_fd = os.open(request.cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return sys_calls.clone_parent(), False  # the child's own join reports the error
+    try:
+        return sys_calls.clone_parent_into(cgroup_fd), True
+    except OSError as e:
+        if e.errno in (errno.ENOSYS, errno.EINVAL, errno.E2BIG, errno.EOPNOTSUPP):
+            sys_calls.into_cgroup = False  # this kernel cannot: join after the clone
+        return sys_calls.clone_parent(), False
+    finally:
+        os.close(cgroup_fd)
+
+
 # --- in the child ---------------------------------------------------------------
 
 
-def _child(sys_calls: _Syscalls, request: Request, fds: list[int], report: int) -> None:
+def _child(
+    sys_calls: _Syscalls, request: Request, fds: list[int], report: int, joined: bool
+) -> None:
     with contextlib.suppress(OSError):
         os.sched_setscheduler(0, sys_calls.policy, os.sched_param(0))
     try:
         for target, fd in enumerate(fds):
             os.dup2(fd, target)  # the copies on 0–2 are inheritable, the originals not
-        if request.cgroup is not None:
+        if request.cgroup is not None and not joined:
             _join_cgroup(request.cgroup)
         if request.terminal:
             os.setsid()

@@ -111,7 +111,9 @@ class ForkServerSpawner:
             if pid > 0:
                 # It exits right after reporting; it is our child, so ours to reap.
                 await asyncio.to_thread(os.waitpid, pid, 0)
-            raise SpawnError(f"fork/exec {SHELL}: {go_errno_text(error)}")
+            # The errno as the cause: EAGAIN and friends are resource_exhausted.
+            cause = OSError(error, os.strerror(error))
+            raise SpawnError(f"fork/exec {SHELL}: {go_errno_text(error)}") from cause
         return pid
 
     def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -262,7 +264,8 @@ def popen_spawn(plan: Plan, stdio: Stdio) -> int:
         raw = os.read(report_r, 4)
         if len(raw) == 4:
             code = int.from_bytes(raw, "little")
-            raise SpawnError(f"fork/exec {SHELL}: {go_errno_text(code)}") from None
+            cause = OSError(code, os.strerror(code))
+            raise SpawnError(f"fork/exec {SHELL}: {go_errno_text(code)}") from cause
         raise
     finally:
         os.close(report_r)
