@@ -208,6 +208,10 @@ class Watcher:
         # Watches added for directories announced by ensure_dirs (any thread),
         # wd → rel, adopted by the batch that first meets them.
         self._early: dict[int, str] = {}
+        # Directories moved away in the previous batch whose MOVED_TO may open the
+        # next one: the kernel queues the pair one after the other, but a read
+        # can fall between them.
+        self._unpaired_moves: dict[int, str] = {}
         self._listening = False
         self._busy = False
         self._closed = False
@@ -357,11 +361,22 @@ class Watcher:
     def _process(self, data: bytes) -> list[FilesystemEvent]:
         out: list[FilesystemEvent] = []
         names = IdNames()
-        moved_dirs: dict[int, str] = {}  # cookie → old rel of a directory moved away
+        carried, self._unpaired_moves = self._unpaired_moves, {}
+        moved_dirs: dict[int, str] = dict(carried)  # cookie → old rel of a directory moved away
+        last_move: int | None = None  # cookie, while the latest event is a directory's MOVED_FROM
         for ev in inotify.parse_events(data):
             if self._closed:
                 break
             mask = ev.mask
+            last_move = None
+            if carried:
+                # The pair's MOVED_TO can only be the very next event.
+                paired = ev.cookie if mask & inotify.IN_MOVED_TO else None
+                for cookie, gone in carried.items():
+                    if cookie != paired:
+                        del moved_dirs[cookie]
+                        self._drop_watches(gone)
+                carried = {}
             if mask & inotify.IN_Q_OVERFLOW:
                 raise FatalWatchError(OVERFLOW_MESSAGE)
             if mask & inotify.IN_IGNORED:
@@ -387,14 +402,19 @@ class Watcher:
                 continue
             if mask & inotify.IN_MOVED_FROM:
                 moved_dirs[ev.cookie] = rel
+                last_move = ev.cookie
             elif mask & inotify.IN_MOVED_TO and ev.cookie in moved_dirs:
                 self._relabel(moved_dirs.pop(ev.cookie), rel)
             elif mask & (inotify.IN_CREATE | inotify.IN_MOVED_TO):
                 self._watch_new_dir(out, names, rel)
         # Directories moved out of the tree: drop their watches (upstream keeps
-        # them and reports later changes under the stale name).
-        for rel in moved_dirs.values():
-            self._drop_watches(rel)
+        # them and reports later changes under the stale name). A move first
+        # seen in this batch may still be paired by the next one.
+        for cookie, gone in moved_dirs.items():
+            if cookie == last_move:
+                self._unpaired_moves[cookie] = gone
+            else:
+                self._drop_watches(gone)
         return out
 
     def _emit(self, out: list[FilesystemEvent], names: IdNames, mask: int, rel: str) -> None:
