@@ -16,7 +16,7 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
 from envd.fs.dirs import EnsureDirsError, UserIdError, ensure_dirs, user_ids
-from envd.fs.entry import EntryInfo, IdNames, entry_info
+from envd.fs.entry import EntryInfo, Fields, IdNames, entry_fields, entry_info
 from envd.fs.errors import errno_text, go_quote, link_error, path_error
 from envd.permissions.paths import go_clean, go_dir
 from envd.permissions.users import User
@@ -128,7 +128,7 @@ def _canonical(requested: str) -> str:
         ) from e
 
 
-def list_dir(requested: str, depth: int) -> list[EntryInfo]:
+def list_dir(requested: str, depth: int) -> list[Fields]:
     """Entries under `requested` (root excluded), depth-first, byte-wise sorted.
 
     Only the root is followed if it is a symlink; paths are reported under the
@@ -150,7 +150,7 @@ def list_dir(requested: str, depth: int) -> list[EntryInfo]:
         raise ConnectError(Code.INVALID_ARGUMENT, f"path is not a directory: {canonical}")
 
     names = IdNames()
-    entries: list[EntryInfo] = []
+    entries: list[Fields] = []
     # Walked names are plain components, so cleaning the prefix once is enough.
     prefix = go_clean(requested).rstrip("/") + "/"
 
@@ -175,9 +175,10 @@ def list_dir(requested: str, depth: int) -> list[EntryInfo]:
         if child is None:
             stack.pop()
             continue
-        rel = f"{rel_dir}/{child.name}" if rel_dir else child.name
+        name = child.name
+        rel = f"{rel_dir}/{name}" if rel_dir else name
         try:
-            info = entry_info(child.path, names)
+            fields = entry_fields(child.path, names, name, prefix + rel)
         except FileNotFoundError:
             continue
         except OSError as e:
@@ -186,10 +187,9 @@ def list_dir(requested: str, depth: int) -> list[EntryInfo]:
             ) from e
         except ValueError:
             continue  # a name that is not UTF-8 cannot travel in a proto string
-        info.path = prefix + rel
-        entries.append(info)
-        # Never descend through a link (its permission string starts with `L`).
-        if level < depth and info.permissions.startswith("d"):
+        entries.append(fields)
+        # Never descend through a link (its permission string, [5], starts with `L`).
+        if level < depth and fields[5].startswith("d"):
             stack.append((children(child.path), rel, level + 1))
     return entries
 
