@@ -70,23 +70,27 @@ def base_name(path: str) -> str:
 
 class IdNames:
     """uid/gid → name, cached for the life of one operation (a ListDir of
-    10 000 entries must not re-read /etc/passwd 20 000 times)."""
+    10 000 entries must not re-read /etc/passwd 20 000 times).
+
+    Only names that can travel (UTF-8) are cached; `users`/`groups` are read
+    directly on the hot path.
+    """
 
     def __init__(self) -> None:
-        self._users: dict[int, str] = {}
-        self._groups: dict[int, str] = {}
+        self.users: dict[int, str] = {}
+        self.groups: dict[int, str] = {}
 
     def user(self, uid: int) -> str:
-        name = self._users.get(uid)
+        name = self.users.get(uid)
         if name is None:
-            name = self._users[uid] = name_for_uid(uid) or str(uid)
-        return _utf8(name)
+            name = self.users[uid] = _utf8(name_for_uid(uid) or str(uid))
+        return name
 
     def group(self, gid: int) -> str:
-        name = self._groups.get(gid)
+        name = self.groups.get(gid)
         if name is None:
-            name = self._groups[gid] = name_for_gid(gid) or str(gid)
-        return _utf8(name)
+            name = self.groups[gid] = _utf8(name_for_gid(gid) or str(gid))
+        return name
 
 
 def read_metadata(path: str) -> dict[str, str]:
@@ -211,8 +215,8 @@ def entry_fields(
         st.st_size,
         mode,
         permissions,
-        names.user(st.st_uid),
-        names.group(st.st_gid),
+        names.users.get(st.st_uid) or names.user(st.st_uid),
+        names.groups.get(st.st_gid) or names.group(st.st_gid),
         modified_ns,
         target,
         _metadata(path, xattrs) if xattrs else {},

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import operator
 import os
 import stat
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ from envd.fs.entry import EntryInfo, Fields, IdNames, entry_fields, entry_info
 from envd.fs.errors import errno_text, go_quote, link_error, path_error
 from envd.permissions.paths import go_clean, go_dir
 from envd.permissions.users import User
+
+_name = operator.attrgetter("name")
 
 
 def _marshal_error() -> ConnectError:
@@ -160,37 +163,46 @@ def list_dir(requested: str, depth: int) -> list[Fields]:
     def children(directory: str) -> Iterator[os.DirEntry[str]]:
         try:
             with os.scandir(directory) as it:
-                return iter(sorted(it, key=lambda e: os.fsencode(e.name)))
+                listed = list(it)
         except FileNotFoundError:
             return iter(())  # vanished while we walked: nothing left to list
         except OSError as e:
             raise failed(path_error("open", directory, e)) from e
+        try:
+            # Code-point order is UTF-8 byte order, and a C key is much faster...
+            "".join([entry.name for entry in listed]).encode()
+            listed.sort(key=_name)
+        except UnicodeEncodeError:
+            # ...but a name that is not UTF-8 holds surrogates, which sort elsewhere.
+            listed.sort(key=lambda entry: os.fsencode(entry.name))
+        return iter(listed)
 
     # Pre-order walk with an explicit stack (deep trees need no recursion): a
-    # directory is emitted, then its subtree, then its next sibling.
-    stack: list[tuple[Iterator[os.DirEntry[str]], str, int]] = [(children(canonical), "", 1)]
+    # directory is emitted, then its subtree, then its next sibling. Each
+    # level keeps its iterator and the path its children are shown under.
+    stack: list[tuple[Iterator[os.DirEntry[str]], str, int]] = [(children(canonical), prefix, 1)]
     while stack:
-        it, rel_dir, level = stack[-1]
-        child = next(it, None)
-        if child is None:
+        it, shown_dir, level = stack[-1]
+        for child in it:
+            name = child.name
+            shown = shown_dir + name
+            try:
+                fields = entry_fields(child.path, names, name, shown)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise failed(
+                    f"internal: error getting file info: {path_error('lstat', child.path, e)}"
+                ) from e
+            except ValueError:
+                continue  # a name that is not UTF-8 cannot travel in a proto string
+            entries.append(fields)
+            # Never through a link: its permission string ([5]) starts with `L`.
+            if level < depth and fields[5].startswith("d"):
+                stack.append((children(child.path), shown + "/", level + 1))
+                break  # its subtree first; this level's iterator resumes after
+        else:
             stack.pop()
-            continue
-        name = child.name
-        rel = f"{rel_dir}/{name}" if rel_dir else name
-        try:
-            fields = entry_fields(child.path, names, name, prefix + rel)
-        except FileNotFoundError:
-            continue
-        except OSError as e:
-            raise failed(
-                f"internal: error getting file info: {path_error('lstat', child.path, e)}"
-            ) from e
-        except ValueError:
-            continue  # a name that is not UTF-8 cannot travel in a proto string
-        entries.append(fields)
-        # Never descend through a link (its permission string, [5], starts with `L`).
-        if level < depth and fields[5].startswith("d"):
-            stack.append((children(child.path), rel, level + 1))
     return entries
 
 

@@ -18,6 +18,7 @@ from envd.gen.filesystem import filesystem_pb2 as pb
 from envd.gen.filesystem.filesystem_connect import Filesystem
 from envd.permissions.paths import PathError, expand_and_resolve
 from envd.permissions.users import User
+from envd.rpc.compression import accepts_gzip
 from envd.rpc.context import basic_auth_or_default_user, request_state
 from envd.rpc.headers import keepalive_interval
 from envd.services.filesystem import operations
@@ -37,12 +38,15 @@ SHUTTING_DOWN = "envd is shutting down"
 WATCHER_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz1234567890"
 
 
-def _listing(path: str, depth: int, encoding: str | None) -> Listing:
+# Smaller encoded listings are left to connectrpc's compress step on the loop.
+PRECOMPRESS_BYTES = 64 * 1024
+
+
+def _listing(path: str, depth: int, encoding: str | None, gzipped: bool) -> Listing:
+    """List `path` and encode (and compress) the listing as the request will want it."""
     listing = Listing(operations.list_dir(path, depth))
-    if encoding == "proto":
-        listing.SerializeToString()
-    elif encoding == "json":
-        listing.to_json()
+    if encoding is not None:
+        listing.prepare(binary=encoding == "proto", gzipped=gzipped, min_gzip=PRECOMPRESS_BYTES)
     return listing
 
 
@@ -202,7 +206,8 @@ class FilesystemService(Filesystem):
         encoding = None
         if not is_legacy(ctx):
             encoding = "proto" if "proto" in ctx.request_headers.get("content-type", "") else "json"
-        listing = await asyncio.to_thread(_listing, path, request.depth, encoding)
+        gzipped = accepts_gzip(ctx.request_headers.get("accept-encoding", ""))
+        listing = await asyncio.to_thread(_listing, path, request.depth, encoding, gzipped)
         # Wire-ready stand-in for the message (see wire.py); both codecs take it.
         return cast(pb.ListDirResponse, listing)
 

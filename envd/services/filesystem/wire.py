@@ -25,6 +25,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from envd.fs.entry import Fields, to_message
 from envd.gen.filesystem import filesystem_pb2 as pb
 from envd.rpc.codec import FAST_ENCODERS
+from envd.rpc.compression import Precompressed
 
 _TYPE_JSON: dict[int, str] = {
     pb.FILE_TYPE_UNSPECIFIED: "",  # the default: omitted
@@ -52,7 +53,7 @@ def _seconds_text(seconds: int) -> str:
 def timestamp_json(ns: int) -> str:
     """`Timestamp.ToJsonString()` of FromNanoseconds(ns): 0, 3, 6 or 9 digits."""
     seconds, nanos = divmod(ns, 1_000_000_000)
-    text = _seconds_text(seconds)
+    text = _SECONDS_TEXT.get(seconds) or _seconds_text(seconds)
     if nanos == 0:
         return text + "Z"
     if nanos % 1_000_000 == 0:
@@ -76,6 +77,24 @@ def _slow_json(fields: Fields) -> str:
     )
 
 
+# `"mode":…,"permissions":…,"owner":…,"group":…` by (mode, permissions,
+# owner, group): a directory's entries share a handful.
+_MIDDLE_JSON: dict[tuple[int, str, str, str], str] = {}
+
+
+def _middle_json(key: tuple[int, str, str, str]) -> str:
+    mode, permissions, owner, group = key
+    text = f'"mode":{mode},' if mode else ""
+    text += (
+        f'"permissions":{encode_basestring(permissions)},'
+        f'"owner":{encode_basestring(owner)},"group":{encode_basestring(group)}'
+    )
+    if len(_MIDDLE_JSON) >= _SECONDS_TEXT_LIMIT:
+        _MIDDLE_JSON.clear()
+    _MIDDLE_JSON[key] = text
+    return text
+
+
 def entry_json(fields: Fields) -> str:
     """One EntryInfo as our codec's compact protojson."""
     (name, kind, path, size, mode, permissions, owner, group, ns, target, metadata) = fields
@@ -83,22 +102,16 @@ def entry_json(fields: Fields) -> str:
     if metadata or type_json is None or not (name and permissions and owner and group):
         return _slow_json(fields)
     # Field-number order; int64 travels as a string, uint32 as a number.
-    text = f'{{"name":{encode_basestring(name)},{type_json}'
-    if path:
-        text += f'"path":{encode_basestring(path)},'
-    if size:
-        text += f'"size":"{size}",'
-    if mode:
-        text += f'"mode":{mode},'
-    text += (
-        f'"permissions":{encode_basestring(permissions)},'
-        f'"owner":{encode_basestring(owner)},"group":{encode_basestring(group)}'
+    path_json = f'"path":{encode_basestring(path)},' if path else ""
+    size_json = f'"size":"{size}",' if size else ""
+    key = (mode, permissions, owner, group)
+    middle = _MIDDLE_JSON.get(key) or _middle_json(key)
+    time_json = f',"modifiedTime":"{timestamp_json(ns)}"' if ns else ""
+    target_json = "" if target is None else f',"symlinkTarget":{encode_basestring(target)}'
+    return (
+        f'{{"name":{encode_basestring(name)},{type_json}{path_json}{size_json}'
+        f"{middle}{time_json}{target_json}}}"
     )
-    if ns:
-        text += f',"modifiedTime":"{timestamp_json(ns)}"'
-    if target is not None:
-        text += f',"symlinkTarget":{encode_basestring(target)}'
-    return text + "}"
 
 
 def _varint(value: int) -> bytes:
@@ -175,6 +188,17 @@ class Listing:
                 body = ",".join([entry_json(fields) for fields in self.entries])
                 self._json = f'{{"entries":[{body}]}}'.encode()
         return self._json
+
+    def prepare(self, *, binary: bool, gzipped: bool, min_gzip: int) -> None:
+        """Encode now (in the caller's thread), and gzip too if big enough and wanted."""
+        if binary:
+            data = self.SerializeToString()
+            if gzipped and len(data) >= min_gzip:
+                self._binary = Precompressed.of(data)
+        else:
+            data = self.to_json()
+            if gzipped and len(data) >= min_gzip:
+                self._json = Precompressed.of(data)
 
     def to_message(self) -> pb.ListDirResponse:
         return pb.ListDirResponse(entries=[to_message(fields) for fields in self.entries])
