@@ -106,7 +106,15 @@ def entry_json(fields: Fields) -> str:
     size_json = f'"size":"{size}",' if size else ""
     key = (mode, permissions, owner, group)
     middle = _MIDDLE_JSON.get(key) or _middle_json(key)
-    time_json = f',"modifiedTime":"{timestamp_json(ns)}"' if ns else ""
+    if ns:
+        seconds, nanos = divmod(ns, 1_000_000_000)
+        if nanos % 1_000:  # the usual case, inline: all nine digits
+            stamp = _SECONDS_TEXT.get(seconds) or _seconds_text(seconds)
+            time_json = f',"modifiedTime":"{stamp}.{nanos:09d}Z"'
+        else:
+            time_json = f',"modifiedTime":"{timestamp_json(ns)}"'
+    else:
+        time_json = ""
     target_json = "" if target is None else f',"symlinkTarget":{encode_basestring(target)}'
     return (
         f'{{"name":{encode_basestring(name)},{type_json}{path_json}{size_json}'
