@@ -1,17 +1,19 @@
-"""`ListDirResponse` in wire-ready form, without building protobuf messages.
+"""`ListDirResponse` in wire-ready form.
 
-Building 10 000 upb `EntryInfo` messages and then `MessageToDict` on each
-(~22 µs per entry) made ListDir of a big directory ~8× the cost of reading it.
-`Listing` keeps the plain fields (`envd.fs.entry.Fields`) and encodes both
-forms directly; the service encodes the one the request asked for in its
-worker thread, so the loop only hands the bytes on.
+Building 10 000 upb `EntryInfo` messages and then converting each back for
+the JSON codec (~22 µs per entry) made ListDir of a big directory ~8× the
+cost of reading it. `Listing` keeps the plain fields (`envd.fs.entry.Fields`)
+and encodes them on demand; the service encodes the form the request asked
+for in its worker thread, so the loop only hands the bytes on.
 
-The bytes must be exactly protobuf's: the binary form what
-`SerializeToString()` gives, the JSON form what our codec gives for the
-message (`MessageToDict`, compact; field order and omitted defaults
-included). tests/test_filesystem_wire.py compares both on every kind of entry.
-An entry the fast paths do not cover (metadata, whose map order is upb's, a
-pre-1970 mtime, an empty string field) is encoded through a real message.
+The bytes must be exactly protobuf's. The binary form is upb's own
+`SerializeToString()` of the message built from the fields (upb beats any
+Python encoder there). The JSON form is built by hand as our codec would give
+it for the message (`MessageToDict`, compact; field order and omitted defaults
+included); an entry its fast path does not cover (metadata, whose map order
+is upb's, an empty string field, an unknown type) goes through a real
+message. tests/test_filesystem_wire.py compares both forms on every kind of
+entry.
 """
 
 from __future__ import annotations
@@ -122,48 +124,6 @@ def entry_json(fields: Fields) -> str:
     )
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _string(tag: bytes, text: str) -> bytes:
-    data = text.encode()
-    return tag + _varint(len(data)) + data
-
-
-def entry_binary(fields: Fields) -> bytes:
-    """One EntryInfo as `SerializeToString()` gives it (field-number order, defaults omitted)."""
-    (name, kind, path, size, mode, permissions, owner, group, ns, target, metadata) = fields
-    if metadata or ns < 0 or size < 0 or not (name and permissions and owner and group):
-        return _listed_message(fields).SerializeToString()
-    parts = [_string(b"\x0a", name)]
-    if kind:
-        parts.append(b"\x10" + _varint(kind))
-    if path:
-        parts.append(_string(b"\x1a", path))
-    if size:
-        parts.append(b"\x20" + _varint(size))
-    if mode:
-        parts.append(b"\x28" + _varint(mode))
-    parts.append(_string(b"\x32", permissions))
-    parts.append(_string(b"\x3a", owner))
-    parts.append(_string(b"\x42", group))
-    if ns:
-        seconds, nanos = divmod(ns, 1_000_000_000)
-        stamp = (b"\x08" + _varint(seconds) if seconds else b"") + (
-            b"\x10" + _varint(nanos) if nanos else b""
-        )
-        parts.append(b"\x4a" + _varint(len(stamp)) + stamp)
-    if target is not None:
-        parts.append(_string(b"\x52", target))
-    return b"".join(parts)
-
-
 class Listing:
     """A `ListDirResponse` as plain fields, encoded on demand.
 
@@ -181,11 +141,9 @@ class Listing:
 
     def SerializeToString(self) -> bytes:  # protobuf's name, called by the codec
         if self._binary is None:
-            out = bytearray()
-            for fields in self.entries:
-                entry = entry_binary(fields)
-                out += b"\x0a" + _varint(len(entry)) + entry
-            self._binary = bytes(out)
+            # upb serializes a built message faster than Python can encode
+            # the fields by hand (~6 against ~9 µs per entry), exact by construction.
+            self._binary = self.to_message().SerializeToString()
         return self._binary
 
     def to_json(self) -> bytes:
