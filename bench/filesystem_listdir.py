@@ -2,7 +2,9 @@
 
 Run: `.venv/bin/python -m bench.filesystem_listdir`. The baseline is the least
 any listing must do (read the directory and lstat every entry), measured in
-the same run on the same directory.
+the same run on the same directory. The three are measured in interleaved
+rounds (baseline, raw, SDK, baseline, ...), so a neighbour's load on a shared
+machine hits all of them alike.
 """
 
 from __future__ import annotations
@@ -21,14 +23,18 @@ ENTRIES = 10_000
 ROUNDS = 15
 
 
-def median_s(fn: Callable[[], object], rounds: int = ROUNDS) -> float:
-    fn()  # warm caches
-    samples = []
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], rounds: int = ROUNDS
+) -> dict[str, float]:
+    for fn in fns.values():
+        fn()  # warm caches
+    samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
-        started = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - started)
+    return {name: statistics.median(taken) for name, taken in samples.items()}
 
 
 def main() -> None:
@@ -58,11 +64,17 @@ def main() -> None:
             return len(sandbox.files.list(root))
 
         assert raw_connect() == sdk() == scandir_lstat() == ENTRIES
-        baseline = median_s(scandir_lstat)
-        print(f"ListDir of {ENTRIES} entries, median of {ROUNDS}")
+        medians = interleaved_medians(
+            {
+                "baseline": scandir_lstat,
+                "raw Connect JSON (httpx)": raw_connect,
+                "e2b SDK files.list": sdk,
+            }
+        )
+        baseline = medians.pop("baseline")
+        print(f"ListDir of {ENTRIES} entries, median of {ROUNDS} interleaved rounds")
         print(f"  baseline os.scandir + lstat (in-process)  {baseline * 1000:8.1f} ms")
-        for name, fn in (("raw Connect JSON (httpx)", raw_connect), ("e2b SDK files.list", sdk)):
-            took = median_s(fn)
+        for name, took in medians.items():
             print(
                 f"  {name:<40} {took * 1000:8.1f} ms  = {took / baseline:5.1f}x baseline, "
                 f"{ENTRIES / took:,.0f} entries/s"

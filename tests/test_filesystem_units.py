@@ -109,32 +109,3 @@ async def test_stalled_consumer_ends_in_overflow_not_memory(tmp_path: Path) -> N
         assert watcher.closed
     finally:
         watcher.close()
-
-
-def test_fast_list_dir_json_matches_protojson(tmp_path: Path) -> None:
-    import json  # noqa: PLC0415
-
-    from google.protobuf import json_format  # noqa: PLC0415
-
-    from envd.rpc.codec import CompactJSONCodec  # noqa: PLC0415
-    from envd.services.filesystem.operations import list_dir  # noqa: PLC0415
-    from envd.services.filesystem.wire import encode_list_dir  # noqa: PLC0415
-
-    (tmp_path / "d").mkdir()
-    (tmp_path / "f").write_text("12")
-    os.setxattr(tmp_path / "f", "user.e2b.k", b"v")
-    os.utime(tmp_path / "d", ns=(0, 0))  # zero mtime: field omitted
-    os.utime(tmp_path / "f", ns=(0, 1_500_000_000_123_000_000))
-    os.symlink(tmp_path / "f", tmp_path / "link")
-    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
-    os.mkfifo(tmp_path / "fifo")
-    (tmp_path / "é ü").write_text("")
-    message = filesystem_pb2.ListDirResponse(entries=list_dir(str(tmp_path), 1))
-    extra = filesystem_pb2.EntryInfo(
-        name="s", is_symlink=True, type=filesystem_pb2.FILE_TYPE_SYMLINK, symlink_target=""
-    )
-    message.entries.append(extra)
-    expected = json_format.MessageToDict(message)
-    assert json.loads(encode_list_dir(message)) == expected
-    assert json.loads(CompactJSONCodec().encode(message)) == expected
-    assert encode_list_dir(filesystem_pb2.ListDirResponse()) == b"{}"

@@ -11,6 +11,7 @@ import errno
 import functools
 import os
 import stat
+from typing import cast
 
 from envd.gen.filesystem import filesystem_pb2
 from envd.permissions.users import name_for_gid, name_for_uid
@@ -69,22 +70,26 @@ def base_name(path: str) -> str:
 
 class IdNames:
     """uid/gid → name, cached for the life of one operation (a ListDir of
-    10 000 entries must not re-read /etc/passwd 20 000 times)."""
+    10 000 entries must not re-read /etc/passwd 20 000 times).
+
+    Only names that can travel (UTF-8) are cached; `users`/`groups` are read
+    directly on the hot path.
+    """
 
     def __init__(self) -> None:
-        self._users: dict[int, str] = {}
-        self._groups: dict[int, str] = {}
+        self.users: dict[int, str] = {}
+        self.groups: dict[int, str] = {}
 
     def user(self, uid: int) -> str:
-        name = self._users.get(uid)
+        name = self.users.get(uid)
         if name is None:
-            name = self._users[uid] = name_for_uid(uid) or str(uid)
+            name = self.users[uid] = _utf8(name_for_uid(uid) or str(uid))
         return name
 
     def group(self, gid: int) -> str:
-        name = self._groups.get(gid)
+        name = self.groups.get(gid)
         if name is None:
-            name = self._groups[gid] = name_for_gid(gid) or str(gid)
+            name = self.groups[gid] = _utf8(name_for_gid(gid) or str(gid))
         return name
 
 
@@ -98,6 +103,10 @@ def read_metadata(path: str) -> dict[str, str]:
         names = os.listxattr(path)
     except OSError:
         return {}
+    return _metadata(path, names)
+
+
+def _metadata(path: str, names: list[str]) -> dict[str, str]:
     metadata: dict[str, str] = {}
     for name in names:
         if not name.startswith(METADATA_PREFIX):
@@ -124,41 +133,131 @@ def _symlink_target(path: str) -> str:
         return path
 
 
-def entry_info(path: str, names: IdNames | None = None) -> EntryInfo:
-    """EntryInfo of `path` (not following a final symlink), `path` echoed as given.
+# What an EntryInfo carries, before it becomes a message or wire bytes:
+# (name, type, path, size, mode, permissions, owner, group, modified_ns,
+# symlink_target, metadata), in field-number order. A plain tuple, because a
+# NamedTuple costs ~0.8 µs more per entry of a 10 000-entry ListDir.
+# `modified_ns` 0 means unset (as upstream, for a zero mtime). Every string is
+# valid UTF-8 and `modified_ns` within Timestamp's range (`entry_fields`
+# checks both), so no encoding of it can fail.
+Fields = tuple[str, int, str, int, int, str, str, str, int, str | None, dict[str, str]]
 
-    Raises the `OSError` of `lstat(path)` (errno and filename set); callers word
-    it (`file not found: lstat <path>: ...`).
+
+def _utf8(text: str) -> str:
+    # A proto3 string must be UTF-8: a lone surrogate (a non-UTF-8 file name
+    # decoded by the os module) raises UnicodeEncodeError, a ValueError.
+    if not text.isascii():
+        text.encode()
+    return text
+
+
+# Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+TIMESTAMP_NS_MIN = -62135596800 * 1_000_000_000
+TIMESTAMP_NS_MAX = 253402300799 * 1_000_000_000 + 999_999_999
+
+
+# (type, permission bits, permission string) by a non-link's st_mode: a
+# dict read is cheaper than three calls per entry.
+_MODE_FIELDS: dict[int, tuple[int, int, str]] = {}
+
+
+def _mode_fields(st_mode: int) -> tuple[int, int, str]:
+    fields = _MODE_FIELDS.get(st_mode)
+    if fields is None:
+        if len(_MODE_FIELDS) >= 4096:  # only a few dozen modes ever occur
+            _MODE_FIELDS.clear()
+        fields = _MODE_FIELDS[st_mode] = (
+            file_type(st_mode),
+            st_mode & 0o777,
+            go_mode_string(st_mode),
+        )
+    return fields
+
+
+def entry_fields(
+    path: str, names: IdNames, name: str | None = None, shown: str | None = None
+) -> Fields:
+    """The fields of `path`'s EntryInfo (not following a final symlink).
+
+    `name` and `shown` (the path reported) default to `path`'s base name and
+    `path` itself; `path` must be UTF-8 even when another path is shown. One
+    lstat (plus the target's stat for a link) and one listxattr: ListDir calls
+    this per entry, so it is written for speed. Raises the `OSError` of
+    `lstat(path)` (errno and filename set), which callers word (`file not
+    found: lstat <path>: ...`), or ValueError for what a message cannot carry
+    (a name that is not UTF-8, a year past 9999).
     """
     st = os.lstat(path)
-    names = names or IdNames()
-    info = EntryInfo(
-        name=base_name(path),
-        path=path,
-        size=st.st_size,
-        permissions=go_mode_string(st.st_mode),
-        owner=names.user(st.st_uid),
-        group=names.group(st.st_gid),
-    )
-    if stat.S_ISLNK(st.st_mode):
+    st_mode = st.st_mode
+    target: str | None = None
+    kind: int
+    if st_mode & 0o170000 == stat.S_IFLNK:
         # A link reports its target's type and permission bits but its own
         # size, mtime and permission string; FILE_TYPE_SYMLINK is never sent
         # (docs/compatibility.md explains why `is_symlink` stays unset too).
-        target = _symlink_target(path)
-        info.symlink_target = target
+        target = _utf8(_symlink_target(path))
         try:
             target_mode = os.stat(target).st_mode
         except OSError:
-            info.type = filesystem_pb2.FILE_TYPE_UNSPECIFIED
+            kind, mode = filesystem_pb2.FILE_TYPE_UNSPECIFIED, 0
         else:
-            info.type = file_type(target_mode)
-            info.mode = target_mode & 0o777
+            kind, mode = file_type(target_mode), target_mode & 0o777
+        permissions = go_mode_string(st_mode)
     else:
-        info.type = file_type(st.st_mode)
-        info.mode = st.st_mode & 0o777
-    if st.st_mtime_ns:
-        info.modified_time.FromNanoseconds(st.st_mtime_ns)
-    metadata = read_metadata(path)
+        kind, mode, permissions = _MODE_FIELDS.get(st_mode) or _mode_fields(st_mode)
+    modified_ns = st.st_mtime_ns
+    if not TIMESTAMP_NS_MIN <= modified_ns <= TIMESTAMP_NS_MAX:
+        raise ValueError(f"Timestamp is not valid: {modified_ns} ns is out of range")
+    if name is None:
+        name = base_name(path)
+    if shown is None:
+        shown = path
+    # A proto3 string must be UTF-8: a lone surrogate (a name that is not
+    # UTF-8, decoded by the os module) raises UnicodeEncodeError, a ValueError.
+    if not (name.isascii() and path.isascii() and shown.isascii()):
+        name.encode(), path.encode(), shown.encode()
+    try:
+        xattrs = os.listxattr(path)
+    except OSError:
+        xattrs = None
+    return (
+        name,
+        kind,
+        shown,
+        st.st_size,
+        mode,
+        permissions,
+        names.users.get(st.st_uid) or names.user(st.st_uid),
+        names.groups.get(st.st_gid) or names.group(st.st_gid),
+        modified_ns,
+        target,
+        _metadata(path, xattrs) if xattrs else {},
+    )
+
+
+def to_message(fields: Fields) -> EntryInfo:
+    (name, kind, path, size, mode, permissions, owner, group, ns, target, metadata) = fields
+    info = EntryInfo(
+        name=name,
+        type=cast(filesystem_pb2.FileType, kind),
+        path=path,
+        size=size,
+        mode=mode,
+        permissions=permissions,
+        owner=owner,
+        group=group,
+        symlink_target=target,
+    )
+    if ns:
+        info.modified_time.FromNanoseconds(ns)
     if metadata:
         info.metadata.update(metadata)
     return info
+
+
+def entry_info(path: str, names: IdNames | None = None) -> EntryInfo:
+    """EntryInfo of `path` (not following a final symlink), `path` echoed as given.
+
+    Raises as `entry_fields` does.
+    """
+    return to_message(entry_fields(path, names or IdNames()))

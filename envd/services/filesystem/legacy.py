@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 
 from envd.gen.filesystem import filesystem_pb2 as pb
 from envd.gen.legacy import filesystem_pb2 as old
+from envd.services.filesystem.wire import Listing
 
 LEGACY_USER_AGENT = "connect-python"
 NOTIFY_HEADER = "x-e2b-legacy-sdk"
@@ -71,6 +72,8 @@ _CONVERTERS: dict[type, Callable[[Any], Message]] = {
     pb.MakeDirResponse: _with_entry(old.MakeDirResponse),
     pb.MoveResponse: _with_entry(old.MoveResponse),
     pb.ListDirResponse: lambda m: old.ListDirResponse(entries=[_entry(e) for e in m.entries]),
+    # What the service returns for ListDir in place of the message.
+    Listing: lambda m: to_legacy(m.to_message()),
     pb.RemoveResponse: lambda _m: old.RemoveResponse(),
     pb.WatchDirResponse: _watch,
     pb.CreateWatcherResponse: lambda m: old.CreateWatcherResponse(watcher_id=m.watcher_id),

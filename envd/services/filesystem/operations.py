@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import operator
 import os
 import stat
 from collections.abc import Iterator
@@ -16,10 +17,12 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 
 from envd.fs.dirs import EnsureDirsError, UserIdError, ensure_dirs, user_ids
-from envd.fs.entry import EntryInfo, IdNames, entry_info
+from envd.fs.entry import EntryInfo, Fields, IdNames, entry_fields, entry_info
 from envd.fs.errors import errno_text, go_quote, link_error, path_error
 from envd.permissions.paths import go_clean, go_dir
 from envd.permissions.users import User
+
+_name = operator.attrgetter("name")
 
 
 def _marshal_error() -> ConnectError:
@@ -128,7 +131,7 @@ def _canonical(requested: str) -> str:
         ) from e
 
 
-def list_dir(requested: str, depth: int) -> list[EntryInfo]:
+def list_dir(requested: str, depth: int) -> list[Fields]:
     """Entries under `requested` (root excluded), depth-first, byte-wise sorted.
 
     Only the root is followed if it is a symlink; paths are reported under the
@@ -150,7 +153,7 @@ def list_dir(requested: str, depth: int) -> list[EntryInfo]:
         raise ConnectError(Code.INVALID_ARGUMENT, f"path is not a directory: {canonical}")
 
     names = IdNames()
-    entries: list[EntryInfo] = []
+    entries: list[Fields] = []
     # Walked names are plain components, so cleaning the prefix once is enough.
     prefix = go_clean(requested).rstrip("/") + "/"
 
@@ -160,37 +163,46 @@ def list_dir(requested: str, depth: int) -> list[EntryInfo]:
     def children(directory: str) -> Iterator[os.DirEntry[str]]:
         try:
             with os.scandir(directory) as it:
-                return iter(sorted(it, key=lambda e: os.fsencode(e.name)))
+                listed = list(it)
         except FileNotFoundError:
             return iter(())  # vanished while we walked: nothing left to list
         except OSError as e:
             raise failed(path_error("open", directory, e)) from e
+        try:
+            # Code-point order is UTF-8 byte order, and a C key is much faster...
+            "".join([entry.name for entry in listed]).encode()
+            listed.sort(key=_name)
+        except UnicodeEncodeError:
+            # ...but a name that is not UTF-8 holds surrogates, which sort elsewhere.
+            listed.sort(key=lambda entry: os.fsencode(entry.name))
+        return iter(listed)
 
     # Pre-order walk with an explicit stack (deep trees need no recursion): a
-    # directory is emitted, then its subtree, then its next sibling.
-    stack: list[tuple[Iterator[os.DirEntry[str]], str, int]] = [(children(canonical), "", 1)]
+    # directory is emitted, then its subtree, then its next sibling. Each
+    # level keeps its iterator and the path its children are shown under.
+    stack: list[tuple[Iterator[os.DirEntry[str]], str, int]] = [(children(canonical), prefix, 1)]
     while stack:
-        it, rel_dir, level = stack[-1]
-        child = next(it, None)
-        if child is None:
+        it, shown_dir, level = stack[-1]
+        for child in it:
+            name = child.name
+            shown = shown_dir + name
+            try:
+                fields = entry_fields(child.path, names, name, shown)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise failed(
+                    f"internal: error getting file info: {path_error('lstat', child.path, e)}"
+                ) from e
+            except ValueError:
+                continue  # a name that is not UTF-8 cannot travel in a proto string
+            entries.append(fields)
+            # Never through a link: its permission string ([5]) starts with `L`.
+            if level < depth and fields[5].startswith("d"):
+                stack.append((children(child.path), shown + "/", level + 1))
+                break  # its subtree first; this level's iterator resumes after
+        else:
             stack.pop()
-            continue
-        rel = f"{rel_dir}/{child.name}" if rel_dir else child.name
-        try:
-            info = entry_info(child.path, names)
-        except FileNotFoundError:
-            continue
-        except OSError as e:
-            raise failed(
-                f"internal: error getting file info: {path_error('lstat', child.path, e)}"
-            ) from e
-        except ValueError:
-            continue  # a name that is not UTF-8 cannot travel in a proto string
-        info.path = prefix + rel
-        entries.append(info)
-        # Never descend through a link (its permission string starts with `L`).
-        if level < depth and info.permissions.startswith("d"):
-            stack.append((children(child.path), rel, level + 1))
     return entries
 
 
