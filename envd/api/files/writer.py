@@ -185,18 +185,29 @@ def _open(path: str, exclusive: bool) -> tuple[int, tuple[int, int] | None]:
     file we created from one that appeared meanwhile."""
     # Non-blocking open: a FIFO without a reader fails (ENXIO) instead of
     # pinning a worker thread until one appears; writes then block as usual.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NONBLOCK
+    flags = os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NONBLOCK
     try:
-        if exclusive:
+        # An existing file is opened without O_CREAT, so that one removed
+        # between our stat and this open is created exclusively, and known to
+        # be ours, rather than silently re-created and taken for the old one.
+        for _ in range(3):
+            if exclusive:
+                try:
+                    fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666)
+                except FileExistsError:
+                    exclusive = False
+                else:
+                    os.set_blocking(fd, True)
+                    st = os.fstat(fd)
+                    return fd, (st.st_dev, st.st_ino)
             try:
-                fd = os.open(path, flags | os.O_EXCL, 0o666)
-            except FileExistsError:
-                pass
-            else:
-                os.set_blocking(fd, True)
-                st = os.fstat(fd)
-                return fd, (st.st_dev, st.st_ino)
-        fd = os.open(path, flags, 0o666)
+                fd = os.open(path, flags)
+            except FileNotFoundError:
+                exclusive = True
+                continue
+            os.set_blocking(fd, True)
+            return fd, None
+        fd = os.open(path, flags | os.O_CREAT, 0o666)  # it keeps coming and going
         os.set_blocking(fd, True)
     except OSError as e:
         raise storage_error(
