@@ -10,11 +10,9 @@ from typing import Any
 
 import httpx
 from e2b import Sandbox
-from e2b.connection_config import ConnectionConfig
-from packaging.version import Version
 
-from envd import ENVD_VERSION
 from tests.daemon import Daemon
+from tests.sdk_smoke import with_token
 
 GATE_401 = (
     b'{"code":401,"message":"unauthorized access, please provide a valid access token'
@@ -71,17 +69,5 @@ class ControlDaemon(Daemon):
 
 
 def sdk_sandbox(daemon: Daemon, token: str | None) -> Sandbox:
-    """The e2b SDK in debug mode with an envd access token, as for a secured sandbox.
-
-    `Sandbox.create()` in debug mode cannot carry a token, so build it directly.
-    """
-    headers = {"X-Access-Token": token} if token else {}
-    config = ConnectionConfig(debug=True, sandbox_url=daemon.url, extra_sandbox_headers=headers)
-    return Sandbox(
-        sandbox_id="debug",
-        sandbox_domain=None,
-        envd_version=Version(ENVD_VERSION),
-        envd_access_token=token,
-        traffic_access_token=None,
-        connection_config=config,
-    )
+    """The e2b SDK in debug mode with an envd access token, as for a secured sandbox."""
+    return with_token(daemon.url, token)

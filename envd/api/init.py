@@ -24,7 +24,7 @@ from envd.api.store import ControlPlane
 from envd.asgi import Receive
 from envd.host import clock
 from envd.host.cacerts import CAInstallError, CAInstallInProgress
-from envd.host.freezer import WorkloadFreezer
+from envd.host.freezer import WorkloadFreezer, acquire_before
 from envd.host.hosts import rewrite_hosts_file
 from envd.host.mmds import MMDSError
 from envd.host.nfs import NFSError
@@ -82,7 +82,7 @@ async def _post_init(request: Request, cp: ControlPlane) -> Response:
     gone = asyncio.Event()
     watcher = asyncio.create_task(_watch_disconnect(request.receive, gone))
     try:
-        if not await _acquire(cp.init_lock, gone):
+        if not await acquire_before(cp.init_lock, gone):
             return _answer(503)
         try:
             denied = await validate_token(cp, data.access_token)
@@ -154,23 +154,6 @@ async def _watch_disconnect(receive: Receive, gone: asyncio.Event) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
     gone.set()
-
-
-async def _acquire(lock: asyncio.Lock, gone: asyncio.Event) -> bool:
-    """Take the lock unless the client leaves first (then False, lock not held)."""
-    acquire = asyncio.ensure_future(lock.acquire())
-    left = asyncio.ensure_future(gone.wait())
-    await asyncio.wait({acquire, left}, return_when=asyncio.FIRST_COMPLETED)
-    left.cancel()
-    if acquire.done() and not acquire.cancelled():
-        return True
-    acquire.cancel()
-    try:
-        await acquire
-    except asyncio.CancelledError:
-        return False
-    lock.release()  # won the lock in the same instant the client left
-    return False
 
 
 def _sha512_hex(token: str) -> str:

@@ -567,6 +567,11 @@ async def acquire_unless(lock: asyncio.Lock, gone: asyncio.Event | None) -> bool
         return True
     if gone.is_set():
         return False
+    return await acquire_before(lock, gone)
+
+
+async def acquire_before(lock: asyncio.Lock, gone: asyncio.Event) -> bool:
+    """Race the lock against `gone`: True with the lock held, False without it."""
     acquire = asyncio.ensure_future(lock.acquire())
     left = asyncio.ensure_future(gone.wait())
     await asyncio.wait({acquire, left}, return_when=asyncio.FIRST_COMPLETED)
